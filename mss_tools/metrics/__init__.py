@@ -1,0 +1,42 @@
+"""Separation metrics, named by what they are (see the metrics contract in the README).
+
+- ``usdr``: utterance-level SDR, 10·log10(‖ref‖² / ‖ref − est‖²) over the whole track
+  (the MDX challenge's "SDR");
+- ``si_sdr``: scale-invariant SDR over the whole track;
+- ``sdr``/``isr``/``sir``/``sar``: BSSEval v4 framewise metrics (:mod:`mss_tools.metrics.bsseval`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+USDR_DELTA = 1e-7
+
+
+def usdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Utterance SDR in dB of one stem, ``(channels, time)`` arrays (MDX definition, delta 1e-7)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    error = reference - np.asarray(estimate, dtype=np.float64)
+    return float(10 * np.log10((np.sum(reference ** 2) + USDR_DELTA) / (np.sum(error ** 2) + USDR_DELTA)))
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> float:
+    """Scale-invariant SDR in dB; channels are concatenated into one signal (no mean removal)."""
+    reference = np.asarray(reference, dtype=np.float64).ravel()
+    estimate = np.asarray(estimate, dtype=np.float64).ravel()
+    alpha = np.dot(estimate, reference) / (np.dot(reference, reference) + eps)
+    target = alpha * reference
+    return float(10 * np.log10((np.sum(target ** 2) + eps) / (np.sum((estimate - target) ** 2) + eps)))
+
+
+def nanmedian(values) -> float:
+    """Median ignoring NaN; NaN when nothing is left (no warning)."""
+    array = np.asarray(values, dtype=np.float64)
+    array = array[np.isfinite(array)]
+    return float(np.median(array)) if array.size else float("nan")
+
+
+def nanmean(values) -> float:
+    array = np.asarray(values, dtype=np.float64)
+    array = array[np.isfinite(array)]
+    return float(np.mean(array)) if array.size else float("nan")

@@ -1,0 +1,237 @@
+"""The only place that touches h5py: stem caches (and, later, mix plans).
+
+Stem cache layout (``format="mss-stems"``)::
+
+    /                      attrs: format, format_version, sample_rate, sources, channels,
+                                  created_by (JSON), fingerprint, layout, skipped (JSON),
+                                  chunk_frames, rms_hop
+    /<split>/<track>/      attrs: name, origin, length, source_sample_rate, missing (JSON)
+        <stem>             float32 (channels, time), chunked (channels, chunk_frames);
+                           attrs: rms_db (float32 per rms_hop seconds), silent_fraction
+        mixture            float32 (channels, time): the mixture as stored in the source
+
+A stem listed in ``missing`` has no dataset and reads as silence.
+
+Caches are built from per-track *part files* (one small HDF5 file per track, each written
+under a temporary name and renamed), then assembled in a fixed order into the final file,
+itself written under a temporary name and renamed. Parts let ``-j`` workers write in
+parallel and let an interrupted prep resume with the tracks it had finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from mss_tools.errors import BadInput
+
+STEM_FORMAT = "mss-stems"
+STEM_FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+CHUNK_FRAMES = 1 << 15
+RMS_HOP = 0.5
+SILENCE_DB = -60.0
+MIXTURE = "mixture"
+
+
+def frame_rms_db(audio: np.ndarray, hop: int) -> np.ndarray:
+    """RMS in dBFS of consecutive ``hop``-sample frames of ``(channels, time)`` audio (last partial frame kept)."""
+    length = audio.shape[-1]
+    n = max(1, -(-length // hop))
+    padded = np.zeros((audio.shape[0], n * hop), dtype=np.float64)
+    padded[:, :length] = audio
+    power = (padded.reshape(audio.shape[0], n, hop) ** 2).mean(axis=(0, 2))
+    counts = np.full(n, hop, dtype=np.float64)
+    counts[-1] = length - (n - 1) * hop
+    power = power * hop / counts
+    return (10 * np.log10(power + 1e-12)).astype(np.float32)
+
+
+def write_track_part(path: str | os.PathLike, split: str, track: str, stems: dict[str, np.ndarray],
+                     mixture: np.ndarray, sample_rate: int, attrs: dict[str, Any]) -> None:
+    """Write one track as a part file atomically. ``stems``: name -> ``(channels, time)`` float32."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    hop = max(1, int(round(RMS_HOP * sample_rate)))
+    with h5py.File(tmp, "w") as f:
+        group = f.create_group(f"{split}/{track}")
+        for name, audio in list(stems.items()) + [(MIXTURE, mixture)]:
+            audio = np.ascontiguousarray(audio, dtype=np.float32)
+            chunk = (audio.shape[0], min(CHUNK_FRAMES, audio.shape[1]))
+            dset = group.create_dataset(name, data=audio, chunks=chunk)
+            if name != MIXTURE:
+                rms = frame_rms_db(audio, hop)
+                dset.attrs["rms_db"] = rms
+                dset.attrs["silent_fraction"] = float((rms < SILENCE_DB).mean())
+        for key, value in attrs.items():
+            group.attrs[key] = _attr(value)
+    os.replace(tmp, path)
+
+
+def read_part_index(path: str | os.PathLike) -> tuple[str, str]:
+    """(split, track) held by a part file; raises if the file is unreadable."""
+    with h5py.File(path, "r") as f:
+        split = next(iter(f.keys()))
+        return split, next(iter(f[split].keys()))
+
+
+def assemble_cache(output: str | os.PathLike, parts: Sequence[str | os.PathLike], root_attrs: dict[str, Any]) -> None:
+    """Copy ``parts`` (in the given order) into one stem cache at ``output``, atomically."""
+    output = Path(output)
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w", track_order=True) as dst:
+            for split in SPLITS:
+                dst.create_group(split, track_order=True)
+            for key, value in root_attrs.items():
+                dst.attrs[key] = _attr(value)
+            for part in parts:
+                with h5py.File(part, "r") as src:
+                    for split in src:
+                        for track in src[split]:
+                            src.copy(src[f"{split}/{track}"], dst[split], name=track)
+        os.replace(tmp, output)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)) and not _is_str_list(value):
+        return json.dumps(value)
+    if _is_str_list(value):
+        return np.array(list(value), dtype=h5py.string_dtype())
+    return value
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "OS":
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _json_attr(value: Any, default: Any) -> Any:
+    value = _decode(value)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return default if value is None else value
+
+
+class StemCache:
+    """Read access to a stem cache, opened lazily once per process (safe in DataLoader workers).
+
+    ``read(split, track, start, stop)`` returns ``(sources, channels, time)`` float32.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+        try:
+            with h5py.File(self.path, "r") as f:
+                attrs = {k: _decode(v) for k, v in f.attrs.items()}
+                index = {split: list(f[split].keys()) for split in SPLITS if split in f}
+        except FileNotFoundError:
+            raise BadInput(f"{self.path}: no such stem cache") from None
+        except OSError as exc:
+            raise BadInput(f"{self.path}: not a readable HDF5 stem cache ({exc})") from None
+        if attrs.get("format") != STEM_FORMAT:
+            raise BadInput(f"{self.path}: not an mss stem cache (format={attrs.get('format')!r})")
+        if int(attrs.get("format_version", 0)) > STEM_FORMAT_VERSION:
+            raise BadInput(f"{self.path}: stem cache format_version {attrs['format_version']} is newer than "
+                           f"this mss understands ({STEM_FORMAT_VERSION})")
+        self.attrs = attrs
+        self.sample_rate = int(attrs["sample_rate"])
+        self.sources: list[str] = list(attrs["sources"])
+        self.channels = int(attrs.get("channels", 2))
+        self.fingerprint = str(attrs.get("fingerprint", ""))
+        self.skipped = _json_attr(attrs.get("skipped"), [])
+        self._index = index
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    @property
+    def file(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def close(self) -> None:
+        if self._file is not None and self._pid == os.getpid():
+            self._file.close()
+        self._file = None
+
+    def splits(self) -> list[str]:
+        return [s for s in SPLITS if self._index.get(s)]
+
+    def tracks(self, split: str) -> list[str]:
+        if split not in self._index:
+            raise BadInput(f"{self.path}: no split {split!r}; the cache has {', '.join(self.splits())}")
+        return list(self._index[split])
+
+    def _group(self, split: str, track: str) -> h5py.Group:
+        try:
+            return self.file[f"{split}/{track}"]
+        except KeyError:
+            raise BadInput(f"{self.path}: no track {track!r} in split {split!r}") from None
+
+    def track_attrs(self, split: str, track: str) -> dict[str, Any]:
+        attrs = {k: _decode(v) for k, v in self._group(split, track).attrs.items()}
+        attrs["missing"] = _json_attr(attrs.get("missing"), [])
+        return attrs
+
+    def length(self, split: str, track: str) -> int:
+        return int(self._group(split, track)[MIXTURE].shape[-1])
+
+    def read(self, split: str, track: str, start: int = 0, stop: int | None = None,
+             sources: Iterable[str] | None = None) -> np.ndarray:
+        """Stems ``(len(sources), channels, stop - start)``; a stem the track lacks reads as zeros."""
+        group = self._group(split, track)
+        stop = group[MIXTURE].shape[-1] if stop is None else stop
+        names = list(self.sources if sources is None else sources)
+        out = np.zeros((len(names), self.channels, stop - start), dtype=np.float32)
+        for i, name in enumerate(names):
+            if name in group:
+                group[name].read_direct(out, np.s_[:, start:stop], np.s_[i])
+            elif name not in self.sources:
+                raise BadInput(f"{self.path}: unknown source {name!r}; the cache has {', '.join(self.sources)}")
+        return out
+
+    def read_mixture(self, split: str, track: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The stored mixture ``(channels, stop - start)``."""
+        return self._group(split, track)[MIXTURE][:, start:stop]
+
+    def rms_db(self, split: str, track: str, source: str) -> np.ndarray:
+        """Frame RMS (dBFS, one value per ``rms_hop`` seconds) of a stem; -120 dB for a missing stem."""
+        group = self._group(split, track)
+        if source not in group:
+            return np.full(-(-self.length(split, track) // int(self.attrs["rms_hop"] * self.sample_rate)),
+                           -120.0, dtype=np.float32)
+        return np.asarray(group[source].attrs["rms_db"])
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    shutil.rmtree(path, ignore_errors=True)

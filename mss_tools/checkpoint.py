@@ -1,0 +1,118 @@
+"""Self-describing checkpoints: primitives and tensors only, loadable with ``weights_only=True``.
+
+Keys: ``format``, ``format_version``, ``arch``, ``config``, ``sources``, ``sample_rate``,
+``audio_channels``, ``state_dict``, ``meta``; ``last.pt`` adds ``training`` (optimizer,
+scheduler, step, RNG states...).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mss_tools import __version__
+from mss_tools.errors import BadInput
+
+CHECKPOINT_FORMAT = "mss-checkpoint"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+def provenance(argv: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    """Versions, git commit, command line and host: what made an artefact."""
+    import numpy
+
+    meta = {
+        "mss_version": __version__,
+        "torch_version": str(torch.__version__),
+        "numpy_version": numpy.__version__,
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "argv": list(sys.argv if argv is None else argv),
+    }
+    meta.update(extra)
+    return meta
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def model_payload(model, meta: dict[str, Any] | None = None, state_dict: dict | None = None) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
+        "arch": model.arch,
+        "config": dict(model.config),
+        "sources": list(model.sources),
+        "sample_rate": int(model.sample_rate),
+        "audio_channels": int(model.audio_channels),
+        "state_dict": {k: v.detach().cpu() for k, v in (state_dict or model.state_dict()).items()},
+        "meta": meta or {},
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """``torch.save`` to a temporary name, fsync, then rename: a crash never leaves a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate a checkpoint dict (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BadInput(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise BadInput(f"{path}: not an mss checkpoint")
+    if int(payload.get("format_version", 0)) > CHECKPOINT_FORMAT_VERSION:
+        raise BadInput(f"{path}: checkpoint format_version {payload['format_version']} is newer than this mss")
+    return payload
+
+
+def model_from_payload(payload: dict[str, Any], origin: str = "checkpoint"):
+    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+    from mss_tools.models import build_model
+
+    model = build_model(payload["arch"], payload["sources"], payload["audio_channels"], payload["sample_rate"],
+                        config=payload["config"])
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise BadInput(f"{origin}: weights do not fit architecture {payload['arch']!r} with its config ({first})") from None
+    return model
+
+
+def load_model(path: str | os.PathLike):
+    """The model of checkpoint ``path``, in eval mode, on the CPU."""
+    payload = read_checkpoint(path)
+    model = model_from_payload(payload, str(path))
+    model.segment = float(payload.get("meta", {}).get("segment") or model.DEFAULT_SEGMENT)
+    model.eval()
+    return model

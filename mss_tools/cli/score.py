@@ -1,0 +1,39 @@
+import json
+
+import click
+
+from mss_tools.cli.common import command
+
+
+@command("score")
+@click.argument("predictions", type=click.Path(file_okay=False))
+@click.option("--ref", "references", default=None,
+              help="References: a stem cache or a data set root (default: the cache named in the manifest).")
+@click.option("--museval", "with_museval", is_flag=True, help="Add BSSEval v4 isr/sir/sar (sdr is always computed).")
+@click.option("--backend", type=click.Choice(["mss", "museval"]), default="mss",
+              help="BSSEval v4 implementation: this project's, or the museval package (for cross-checking).")
+@click.option("-j", "--jobs", type=int, default=1, help="Tracks scored in parallel.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Score file (JSON); default: print the JSON to stdout.")
+def cli(predictions, references, with_museval, backend, jobs, output):
+    """Score the separated stems in PREDICTIONS against their references.
+
+    Every <track>/<stem>.wav present is an estimate; the stems of a track are evaluated
+    jointly. Metrics: usdr, si_sdr and framewise BSSEval v4 sdr (1 s windows); --museval
+    adds isr, sir and sar. Aggregation: median over frames, then median over tracks.
+
+    \b
+    Examples:
+      mss score preds/unet -o scores/unet.json
+      mss score preds/unet --museval -j 2 -o scores/unet.json
+      mss score preds/mine --ref ~/data/musdb18 --museval --backend museval
+    """
+    from mss_tools.scoring import score
+
+    document = score(predictions, output, references, with_museval, backend, jobs)
+    if output is None:
+        click.echo(json.dumps(document, indent=1))
+    else:
+        from mss_tools.report import markdown_summary
+
+        click.echo(markdown_summary([document], [output]), err=True)

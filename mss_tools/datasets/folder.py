@@ -1,0 +1,85 @@
+"""Folders of stems: MUSDB18-HQ and any ``<split>/<track>/<stem>.<ext>`` layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mss_tools import audio
+from mss_tools.datasets import MUSDB_SOURCES, Dataset, LoadedTrack, TrackRef, order_sources
+from mss_tools.errors import BadInput
+
+SPLIT_FOLDERS = ("train", "valid", "test")
+MIXTURE_NAMES = ("mixture", "mix")
+
+
+def discover_folder(root: Path, layout: str) -> Dataset:
+    """Tracks are the folders ``<root>/<split>/<track>/`` holding audio files named by stem."""
+    splits = [s for s in SPLIT_FOLDERS if (root / s).is_dir()]
+    if not splits:
+        raise BadInput(f"{root}: expected train/, valid/ or test/ subfolders holding one folder per track")
+    tracks: list[TrackRef] = []
+    names: set[str] = set()
+    for split in splits:
+        for track_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            files, problem = {}, None
+            for path in sorted(track_dir.iterdir()):
+                if path.name.startswith(".") or not path.is_file():
+                    continue
+                if path.suffix.lower() not in audio.AUDIO_EXTENSIONS:
+                    problem = problem or (f"{path}: not an audio file "
+                                          f"(expected one of {', '.join(audio.AUDIO_EXTENSIONS)})")
+                    continue
+                key = "mixture" if path.stem.lower() in MIXTURE_NAMES else path.stem
+                if key in files:
+                    problem = problem or f"{path}: a second file for stem {key!r} in {track_dir}"
+                files[key] = str(path)
+            if not files:
+                problem = problem or f"{track_dir}: track folder holds no audio files"
+            names.update(k for k in files if k != "mixture")
+            tracks.append(TrackRef(split, track_dir.name, "", files, problem=problem))
+    if not tracks:
+        raise BadInput(f"{root}: no track folders found under {', '.join(splits)}")
+    has_mixture = any("mixture" in t.files for t in tracks)
+    if layout == "auto" or layout == "folder":
+        layout = "musdb-hq" if names == set(MUSDB_SOURCES) and has_mixture else "folder"
+    for track in tracks:
+        track.layout = layout
+    if not names:
+        raise BadInput(f"{root}: tracks hold only mixtures, no stems")
+    return Dataset(layout, str(root), order_sources(names), tracks, has_mixture)
+
+
+def load_folder_track(ref: TrackRef, sources: list[str], has_mixture: bool) -> LoadedTrack:
+    """Decode every stem file; stems must share sample rate and length; mono becomes stereo."""
+    folder = Path(ref.files[next(iter(ref.files))]).parent
+    if has_mixture and "mixture" not in ref.files:
+        raise BadInput(f"{folder}: missing mixture file (other tracks of this data set have one)")
+    present = [s for s in sources if s in ref.files]
+    if not present:
+        raise BadInput(f"{folder}: track holds none of the stems {', '.join(sources)}")
+    keys = present + (["mixture"] if has_mixture else [])
+    infos = {key: audio.audio_info(ref.files[key]) for key in keys}
+    rate = infos[keys[0]][0]
+    length = infos[keys[0]][2]
+    for key in keys:
+        other_rate, channels, frames = infos[key]
+        if other_rate != rate:
+            raise BadInput(f"{ref.files[key]}: sample rate {other_rate} Hz differs from {rate} Hz "
+                           f"of {Path(ref.files[keys[0]]).name}")
+        if frames != length:
+            raise BadInput(f"{ref.files[key]}: {frames} samples, but {Path(ref.files[keys[0]]).name} has {length} "
+                           f"(stems of unequal length)")
+        if channels > 2:
+            raise BadInput(f"{ref.files[key]}: {channels} channels; mss handles mono and stereo")
+    decoded = {}
+    for key in keys:
+        data, _ = audio.read_audio(ref.files[key])
+        if data.shape[1] != length:
+            raise BadInput(f"{ref.files[key]}: decoded {data.shape[1]} of {length} samples (truncated file)")
+        decoded[key] = audio.to_channels(data, 2)
+    stems = {s: decoded[s] for s in present}
+    mixture = decoded["mixture"] if has_mixture else np.sum(list(stems.values()), axis=0).astype(np.float32)
+    missing = [s for s in sources if s not in present]
+    return LoadedTrack(stems, mixture, rate, str(folder), missing)

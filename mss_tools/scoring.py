@@ -1,0 +1,285 @@
+"""``mss score``: metrics of a predictions folder against its references.
+
+Score file (``format="mss-scores"``)::
+
+    {"format": "mss-scores", "format_version": 1, "predictions": ..., "references": ...,
+     "sample_rate": ..., "backend": "mss" | "museval", "museval": bool, "metrics": [...],
+     "tracks": {track: {stem: {"usdr": x, "si_sdr": x, "sdr": median, ..., "frames": {"sdr": [...]}}}},
+     "aggregate": {stem: {metric: {"median": ..., "mean": ..., "tracks": n}}}}
+
+Aggregation follows SiSEC: a framewise metric is reduced to its median over frames per
+track (NaN frames ignored), then to the median over tracks; ``mean`` is the mean over
+tracks of the same per-track values.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import json
+import multiprocessing
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mss_tools import __version__, audio
+from mss_tools.errors import BadInput, MssError
+from mss_tools.metrics import nanmean, nanmedian, si_sdr, usdr
+from mss_tools.progress import log, progress_bar
+
+SCORES_FORMAT = "mss-scores"
+FRAMEWISE = ("sdr", "isr", "sir", "sar")
+ACCOMPANIMENT = "accompaniment"
+MAX_LENGTH_MISMATCH = 1.0  # seconds; estimates within this are zero-padded/trimmed to the reference
+
+
+@dataclass
+class ReferenceSource:
+    """Where references come from: a stem cache, or a data set root (MUSDB18, HQ, stem folder)."""
+
+    path: str
+
+    def __post_init__(self):
+        from mss_tools.separate import is_stem_cache
+
+        self.is_cache = is_stem_cache(Path(self.path))
+        self._dataset = None
+
+    def load(self, track: str, stems: list[str], split: str | None = None) -> tuple[dict[str, np.ndarray], int]:
+        """References ``{stem: (channels, time)}`` for ``stems`` (``accompaniment``: everything but vocals)."""
+        if self.is_cache:
+            from mss_tools.cache import StemCache
+
+            cache = StemCache(self.path)
+            splits = [split] if split else cache.splits()
+            for candidate in splits:
+                if track in cache.tracks(candidate):
+                    return _pick(dict(zip(cache.sources, cache.read(candidate, track))), stems, track), cache.sample_rate
+            raise BadInput(f"{self.path}: no track {track!r} among the references")
+        from mss_tools.datasets import discover, load_track
+
+        if self._dataset is None:
+            self._dataset = discover(self.path)
+        refs = [t for t in self._dataset.tracks if t.name == track]
+        if not refs:
+            raise BadInput(f"{self.path}: no track {track!r} among the references")
+        loaded = load_track(refs[0], self._dataset)
+        return _pick(loaded.stems, stems, track), loaded.sample_rate
+
+
+def _pick(available: dict[str, np.ndarray], stems: list[str], track: str) -> dict[str, np.ndarray]:
+    out = {}
+    for stem in stems:
+        if stem in available:
+            out[stem] = available[stem]
+        elif stem == ACCOMPANIMENT and "vocals" in available and len(available) > 1:
+            out[stem] = np.sum([v for k, v in available.items() if k != "vocals"], axis=0)
+        else:
+            raise BadInput(f"{track}: no reference for estimate {stem!r} (references have {', '.join(available)})")
+    return out
+
+
+def read_estimates(folder: Path) -> tuple[dict[str, np.ndarray], int]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in audio.AUDIO_EXTENSIONS)
+    if not files:
+        raise BadInput(f"{folder}: no estimate files")
+    estimates, rates = {}, set()
+    for path in files:
+        data, rate = audio.read_audio(path)
+        estimates[path.stem] = data
+        rates.add(rate)
+    if len(rates) > 1:
+        raise BadInput(f"{folder}: estimates have different sample rates {sorted(rates)}")
+    return estimates, rates.pop()
+
+
+def score_track(folder: Path, references: ReferenceSource, split: str | None, with_museval: bool,
+                backend: str) -> dict[str, Any]:
+    """Scores of one track folder: ``{stem: {metric: value, "frames": {...}}}``."""
+    estimates, rate = read_estimates(folder)
+    refs, ref_rate = references.load(folder.name, list(estimates), split)
+    if rate != ref_rate:
+        raise BadInput(f"{folder}: estimates at {rate} Hz but references at {ref_rate} Hz")
+    length = next(iter(refs.values())).shape[-1]
+    for stem, estimate in estimates.items():
+        if abs(estimate.shape[-1] - length) > MAX_LENGTH_MISMATCH * rate:
+            raise BadInput(f"{folder / stem}.wav: {estimate.shape[-1]} samples but the reference has {length}")
+        if estimate.shape[0] != refs[stem].shape[0]:
+            raise BadInput(f"{folder / stem}.wav: {estimate.shape[0]} channels but the reference has "
+                           f"{refs[stem].shape[0]}")
+        fitted = np.zeros_like(refs[stem])
+        fitted[:, : min(length, estimate.shape[-1])] = estimate[:, :length]
+        estimates[stem] = fitted
+    stems = list(estimates)
+    result: dict[str, Any] = {s: {"usdr": usdr(refs[s], estimates[s]), "si_sdr": si_sdr(refs[s], estimates[s])}
+                              for s in stems}
+    if with_museval:
+        frames = _bsseval(refs, estimates, stems, rate, backend)
+    else:
+        from mss_tools.metrics.bsseval import framewise_sdr
+
+        sdr = framewise_sdr(np.stack([refs[s] for s in stems]), np.stack([estimates[s] for s in stems]), rate)
+        frames = {s: {"sdr": sdr[i].tolist()} for i, s in enumerate(stems)}
+    for stem in stems:
+        result[stem]["frames"] = {m: [None if not np.isfinite(v) else float(v) for v in values]
+                                  for m, values in frames[stem].items()}
+        for metric, values in frames[stem].items():
+            result[stem][metric] = nanmedian(np.array(values, dtype=np.float64))
+    return result
+
+
+def _bsseval(refs, estimates, stems, rate, backend) -> dict[str, dict[str, list[float]]]:
+    if backend == "museval":
+        import museval.metrics
+
+        ref = np.stack([refs[s].T for s in stems]).astype(np.float64)
+        est = np.stack([estimates[s].T for s in stems]).astype(np.float64)
+        try:
+            sdr, isr, sir, sar, _ = museval.metrics.bss_eval(ref, est, compute_permutation=False, window=rate, hop=rate,
+                                                             framewise_filters=False, bsseval_sources_version=False)
+        except Exception as exc:
+            raise MssError(f"museval failed: {exc}") from None
+        values = {"sdr": sdr, "isr": isr, "sir": sir, "sar": sar}
+        return {s: {m: v[i].tolist() for m, v in values.items()} for i, s in enumerate(stems)}
+    from mss_tools.metrics.bsseval import evaluate_track
+
+    return evaluate_track({s: refs[s] for s in stems}, {s: estimates[s] for s in stems}, rate)
+
+
+def aggregate(tracks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """SiSEC aggregation: per-track value (already the median over frames), then median and mean over tracks."""
+    stems: dict[str, dict[str, list[float]]] = {}
+    for scores in tracks.values():
+        for stem, metrics in scores.items():
+            for metric, value in metrics.items():
+                if metric != "frames":
+                    stems.setdefault(stem, {}).setdefault(metric, []).append(value)
+    return {stem: {metric: {"median": nanmedian(v), "mean": nanmean(v), "tracks": int(np.isfinite(np.array(v, float)).sum())}
+                   for metric, v in metrics.items()} for stem, metrics in stems.items()}
+
+
+def _folder_stamp(folder: Path, with_museval: bool, backend: str) -> str:
+    items = [f"{with_museval}|{backend}|{__version__}"]
+    for path in sorted(folder.iterdir()):
+        stat = path.stat()
+        items.append(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:16]
+
+
+def score(predictions: str | os.PathLike, output: str | os.PathLike | None, references: str | None = None,
+          with_museval: bool = False, backend: str = "mss", jobs: int = 1) -> dict[str, Any]:
+    """Score every track folder of ``predictions``; resumable through ``<output>.parts/``."""
+    from mss_tools.separate import read_manifest
+
+    predictions = Path(predictions)
+    if not predictions.is_dir():
+        raise BadInput(f"{predictions}: no such predictions folder")
+    splits: dict[str, str | None] = {}
+    if references is None:
+        manifest = read_manifest(predictions)
+        caches = {e.get("cache") for e in manifest["tracks"] if e.get("cache")}
+        if not caches:
+            raise BadInput(f"{predictions}/manifest.json: inputs were audio files; name the references with --ref")
+        if len(caches) > 1:
+            raise BadInput(f"{predictions}/manifest.json: tracks come from several caches; name one with --ref")
+        references = caches.pop()
+        splits = {e["track"]: e.get("split") for e in manifest["tracks"]}
+    source = ReferenceSource(references)
+    folders = sorted(p for p in predictions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise BadInput(f"{predictions}: no track folders")
+    parts = Path(output).with_name(Path(output).name + ".parts") if output else None
+    results: dict[str, Any] = {}
+    stamps: dict[str, str] = {}
+    previous = _previous(output)
+    todo = []
+    for folder in folders:
+        stamp = stamps[folder.name] = _folder_stamp(folder, with_museval, backend)
+        if previous.get("stamps", {}).get(folder.name) == stamp and folder.name in previous.get("tracks", {}):
+            results[folder.name] = previous["tracks"][folder.name]
+            continue
+        part = parts / f"{hashlib.sha256(folder.name.encode()).hexdigest()[:16]}.json" if parts else None
+        if part is not None and part.exists():
+            saved = json.loads(part.read_text())
+            if saved.get("stamp") == stamp:
+                results[folder.name] = saved["scores"]
+                continue
+        todo.append((folder, part, stamp))
+    if parts:
+        parts.mkdir(parents=True, exist_ok=True)
+    failures = []
+    with progress_bar(len(folders), "score") as bar:
+        bar.advance(len(folders) - len(todo))
+        for (folder, part, stamp), outcome in _map(todo, source, splits, with_museval, backend, jobs):
+            if isinstance(outcome, str):
+                failures.append(outcome)
+                log.error("%s", outcome)
+            else:
+                results[folder.name] = outcome
+                if part is not None:
+                    tmp = part.with_name(part.name + ".tmp")
+                    tmp.write_text(json.dumps({"stamp": stamp, "scores": outcome}))
+                    os.replace(tmp, part)
+            bar.advance()
+    if failures:
+        raise BadInput(f"{len(failures)} of {len(folders)} tracks could not be scored; first: {failures[0]}")
+    document = {
+        "format": SCORES_FORMAT, "format_version": 1, "created_by": {"tool": "mss score", "version": __version__},
+        "predictions": str(predictions.resolve()), "references": str(Path(references).resolve()),
+        "backend": backend if with_museval else "mss", "museval": with_museval,
+        "metrics": ["usdr", "si_sdr"] + (list(FRAMEWISE) if with_museval else ["sdr"]),
+        "window_seconds": 1.0, "hop_seconds": 1.0,
+        "aggregation": "median over frames per track, then median (and mean) over tracks",
+        "tracks": {name: results[name] for name in sorted(results)},
+    }
+    document["aggregate"] = aggregate(document["tracks"])
+    document["stamps"] = {name: stamps[name] for name in sorted(results)}
+    manifest_path = predictions / "manifest.json"
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        document["model"] = {k: manifest.get(k) for k in ("checkpoint", "arch", "sources", "model_sample_rate")}
+        document["sample_rate"] = manifest.get("sample_rate")
+    if output:
+        output = Path(output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output.with_name(f".{output.name}.tmp")
+        tmp.write_text(json.dumps(document, indent=1) + "\n")
+        os.replace(tmp, output)
+        from mss_tools.cache import remove_tree
+
+        remove_tree(parts)
+    return document
+
+
+def _previous(output) -> dict:
+    """An earlier score file at ``output`` (its per-track results are reused when the inputs are unchanged)."""
+    if not output or not Path(output).exists():
+        return {}
+    try:
+        document = json.loads(Path(output).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return document if document.get("format") == SCORES_FORMAT else {}
+
+
+def _score_one(folder, source, split, with_museval, backend):
+    try:
+        return score_track(folder, source, split, with_museval, backend)
+    except MssError as exc:
+        return f"{folder}: {exc}" if str(folder) not in str(exc) else str(exc)
+
+
+def _map(todo, source, splits, with_museval, backend, jobs):
+    if jobs <= 1 or len(todo) <= 1:
+        for item in todo:
+            yield item, _score_one(item[0], source, splits.get(item[0].name), with_museval, backend)
+        return
+    context = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        futures = {pool.submit(_score_one, item[0], source, splits.get(item[0].name), with_museval, backend): item
+                   for item in todo}
+        for future in cf.as_completed(futures):
+            yield futures[future], future.result()

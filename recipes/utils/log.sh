@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Helpers for recipes: timestamped log lines and logged, skippable stages.
+
+log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$0")] $*" >&2; }
+
+# run_step LOGFILE CMD...: runs CMD with its output in LOGFILE (plus a header and footer that
+# record the command, start, end, duration and exit code); on failure names the log and exits.
+run_step() {
+  local logfile=$1; shift
+  mkdir -p "$(dirname "$logfile")"
+  local start; start=$(date +%s)
+  {
+    echo "# command: $*"
+    echo "# started: $(date '+%Y-%m-%d %H:%M:%S')"
+  } > "$logfile"
+  set +e
+  "$@" >> "$logfile" 2>&1
+  local rc=$?
+  set -e
+  local end; end=$(date +%s)
+  {
+    echo "# ended: $(date '+%Y-%m-%d %H:%M:%S')"
+    echo "# duration: $((end - start)) s"
+    echo "# exit code: $rc"
+  } >> "$logfile"
+  if [ $rc -ne 0 ]; then
+    log "FAILED (exit $rc): $*"
+    log "see $logfile:"
+    tail -n 5 "$logfile" | sed 's/^/    /' >&2
+    exit $rc
+  fi
+  log "done in $((end - start)) s: $* (log: $logfile)"
+}
