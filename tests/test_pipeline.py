@@ -1,0 +1,142 @@
+"""train -> separate -> score -> compare on a tiny demo cache, through the library, click and subprocesses."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+from mss_tools.cache import StemCache
+from mss_tools.checkpoint import CHECKPOINT_FORMAT, load_model
+from mss_tools.cli.main import main
+from tests.conftest import run_mss
+
+CHECKPOINT_KEYS = {"format", "format_version", "arch", "config", "sources", "sample_rate", "audio_channels",
+                   "state_dict", "meta"}
+
+
+def test_training_writes_a_self_describing_experiment(trained_unet, demo_cache):
+    for name in ("best.pt", "last.pt", "config.json", "metrics.jsonl", "provenance.json"):
+        assert (trained_unet / name).exists(), name
+    best = torch.load(trained_unet / "best.pt", weights_only=True)
+    assert CHECKPOINT_KEYS <= set(best) and best["format"] == CHECKPOINT_FORMAT
+    assert best["arch"] == "unet" and best["sources"] == ["vocals", "drums", "bass", "other"]
+    assert best["sample_rate"] == 8000 and best["config"]["depth"] == 3
+    last = torch.load(trained_unet / "last.pt", weights_only=True)
+    assert last["training"]["epoch"] == 2 and last["training"]["step"] == 6
+    lines = [json.loads(line) for line in (trained_unet / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert all(set(line["valid"]) == set(best["sources"]) for line in lines)
+    assert all(np.isfinite(line["valid_usdr"]) for line in lines)
+    provenance = json.loads((trained_unet / "provenance.json").read_text())
+    assert provenance["num_parameters"] == load_model(trained_unet / "best.pt").num_parameters
+
+
+def test_rerun_of_finished_training_does_nothing(trained_unet, demo_cache):
+    before = (trained_unet / "last.pt").stat().st_mtime_ns
+    result = CliRunner().invoke(main, ["train", "--arch", "unet", "--preset", "small", "--arch-opt", "depth=3",
+                                       "--arch-opt", "channels=8", "--epochs", "2", "--steps-per-epoch", "3",
+                                       "--batch-size", "4", "--segment", "1", "--valid-seconds", "2", "--seed", "1",
+                                       "-o", str(trained_unet), str(demo_cache)])
+    assert result.exit_code == 0, result.output
+    assert "nothing to do" in result.output
+    assert (trained_unet / "last.pt").stat().st_mtime_ns == before
+    changed = CliRunner().invoke(main, ["train", "--arch", "unet", "--preset", "small", "--epochs", "2",
+                                        "-o", str(trained_unet), str(demo_cache)])
+    assert changed.exit_code == 2 and "different config" in changed.output
+
+
+def test_resumed_training_equals_uninterrupted(demo_cache, tmp_path):
+    from mss_tools.training import TrainConfig, train
+
+    config = dict(arch="unet", preset="small", arch_options={"depth": 2, "channels": 4}, steps_per_epoch=2,
+                  batch_size=2, segment=0.5, valid_seconds=1.0, seed=3)
+    train(str(demo_cache), tmp_path / "full", TrainConfig(epochs=2, **config))
+    train(str(demo_cache), tmp_path / "split", TrainConfig(epochs=1, **config))
+    train(str(demo_cache), tmp_path / "split", TrainConfig(epochs=2, **config))
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_separate_score_compare(trained_unet, demo_cache, tmp_path):
+    preds = tmp_path / "preds"
+    result = CliRunner().invoke(main, ["separate", str(trained_unet / "best.pt"), str(demo_cache), "--split", "test",
+                                       "-o", str(preds)])
+    assert result.exit_code == 0, result.output
+    cache = StemCache(demo_cache)
+    manifest = json.loads((preds / "manifest.json").read_text())
+    assert manifest["sample_rate"] == 8000 and manifest["arch"] == "unet"
+    assert sorted(e["track"] for e in manifest["tracks"]) == cache.tracks("test")
+    for track in cache.tracks("test"):
+        for stem in cache.sources:
+            data, rate = sf.read(preds / track / f"{stem}.wav", dtype="float32")
+            assert rate == 8000 and data.shape == (cache.length("test", track), 2)
+
+    scores = tmp_path / "scores" / "unet.json"
+    result = run_mss("score", preds, "-o", scores)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(scores.read_text())
+    assert set(document["tracks"]) == set(cache.tracks("test"))
+    for track, per_stem in document["tracks"].items():
+        refs = cache.read("test", track)
+        for i, stem in enumerate(cache.sources):
+            estimate = sf.read(preds / track / f"{stem}.wav", dtype="float32")[0].T
+            err = refs[i] - estimate
+            assert per_stem[stem]["usdr"] == pytest.approx(
+                10 * np.log10(((refs[i].astype(float) ** 2).sum() + 1e-7) / ((err.astype(float) ** 2).sum() + 1e-7)),
+                abs=1e-4)
+            assert len(per_stem[stem]["frames"]["sdr"]) == cache.length("test", track) // 8000
+    for stem in cache.sources:
+        values = [document["tracks"][t][stem]["sdr"] for t in cache.tracks("test")]
+        assert document["aggregate"][stem]["sdr"]["median"] == pytest.approx(float(np.nanmedian(values)))
+
+    # the oracle (references copied as estimates) and the mixture as a baseline
+    oracle = tmp_path / "oracle"
+    shutil.copytree(preds, oracle)
+    for track in cache.tracks("test"):
+        for i, stem in enumerate(cache.sources):
+            sf.write(oracle / track / f"{stem}.wav", cache.read("test", track)[i].T, 8000, subtype="FLOAT")
+    oracle_scores = tmp_path / "scores" / "oracle.json"
+    assert run_mss("score", oracle, "-o", oracle_scores).returncode == 0
+    assert json.loads(oracle_scores.read_text())["aggregate"]["vocals"]["usdr"]["median"] > 60
+
+    result = CliRunner().invoke(main, ["compare", str(scores), str(oracle_scores), "-o", str(tmp_path / "report")])
+    assert result.exit_code == 0, result.output
+    assert "### vocals" in result.output and "| oracle |" in result.output and "| unet |" in result.output
+    csv_text = (tmp_path / "report" / "results.csv").read_text().splitlines()
+    assert csv_text[0] == "source,model,metric,median,mean,tracks"
+    assert len(csv_text) == 1 + 4 * 2 * 3  # sources x models x (sdr, usdr, si_sdr)
+
+    rerun = run_mss("score", preds, "-o", scores)
+    assert rerun.returncode == 0 and json.loads(scores.read_text())["tracks"] == document["tracks"]
+
+
+def test_separate_audio_files_at_another_rate_and_mono(trained_unet, tmp_path):
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "song.wav", 0.1 * rng.standard_normal((22050 + 3, 1)), 22050)
+    sf.write(tmp_path / "bad.wav", np.zeros((10, 2)), 8000)
+    (tmp_path / "bad.wav").write_bytes(b"junk")
+    result = CliRunner().invoke(main, ["separate", str(trained_unet / "best.pt"), str(tmp_path / "song.wav"),
+                                       str(tmp_path / "bad.wav"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "bad.wav" in result.output
+    data, rate = sf.read(tmp_path / "out" / "song" / "vocals.wav")
+    assert rate == 22050 and data.shape == (22050 + 3,)
+
+
+def test_score_errors_are_one_line(trained_unet, demo_cache, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["score", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2 and "no such predictions folder" in result.output
+    folder = tmp_path / "p" / "demo-000"
+    folder.mkdir(parents=True)
+    sf.write(folder / "vocals.wav", np.zeros((100, 2)), 8000)
+    result = runner.invoke(main, ["score", str(tmp_path / "p"), "--ref", str(demo_cache)])
+    assert result.exit_code == 2
+    assert "demo-000" in result.output and "Traceback" not in result.output
