@@ -13,14 +13,19 @@ import math
 import torch
 
 
-def crossfade_window(length: int, fade: int, device=None) -> torch.Tensor:
-    """Flat window with raised-cosine ramps of ``fade`` samples at both ends (never exactly zero)."""
-    window = torch.ones(length, device=device)
+def crossfade_window(length: int, fade: int, left: bool = True, right: bool = True) -> torch.Tensor:
+    """Flat window with raised-cosine ramps of ``fade`` samples at the chosen ends, never below 1e-3.
+
+    The first chunk of a track has no left ramp and the last no right ramp: nothing overlaps there.
+    """
+    window = torch.ones(length, dtype=torch.float64)
     if fade > 0:
-        ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(fade, device=device) + 0.5) / fade)
-        window[:fade] = ramp
-        window[-fade:] = torch.minimum(window[-fade:], ramp.flip(0))
-    return window
+        ramp = 0.5 - 0.5 * torch.cos(math.pi * (torch.arange(fade, dtype=torch.float64) + 0.5) / fade)
+        if left:
+            window[:fade] = ramp
+        if right:
+            window[-fade:] = torch.minimum(window[-fade:], ramp.flip(0))
+    return window.clamp_min(1e-3).float()
 
 
 @torch.no_grad()
@@ -41,7 +46,7 @@ def separate_tensor(model, mix: torch.Tensor, segment: float | None = None, over
     starts = list(range(0, max(length - chunk, 0) + 1, hop))
     if starts[-1] + chunk < length:
         starts.append(length - chunk)
-    window = crossfade_window(chunk, min(chunk - hop, chunk // 2))
+    fade = min(chunk - hop, chunk // 2)
     out = torch.zeros(len(model.sources), channels, length)
     weight = torch.zeros(length)
     for first in range(0, len(starts), batch_size):
@@ -49,6 +54,7 @@ def separate_tensor(model, mix: torch.Tensor, segment: float | None = None, over
         batch = torch.stack([mix[:, s:s + chunk] for s in batch_starts]).to(device)
         estimates = model(batch).float().cpu()
         for estimate, s in zip(estimates, batch_starts):
+            window = crossfade_window(chunk, fade, left=s > 0, right=s + chunk < length)
             out[..., s:s + chunk] += estimate * window
             weight[s:s + chunk] += window
         if progress is not None:

@@ -31,6 +31,10 @@ from mss_tools.models import build_model, model_class
 from mss_tools.progress import log, progress_bar
 
 
+# Settings that may differ when a run is resumed (arch_options/preset are compared resolved, as arch_config).
+RESUMABLE_CHANGES = ("device", "workers", "epochs", "cache", "arch_options", "preset")
+
+
 @dataclass
 class TrainConfig:
     arch: str = "unet"
@@ -166,7 +170,7 @@ def train(cache_path: str, output: str | os.PathLike, config: TrainConfig, resta
                                              "cache_fingerprint": cache.fingerprint,
                                              "sample_rate": cache.sample_rate}
     resolved["gain_range"] = list(config.gain_range)
-    comparable = {k: v for k, v in resolved.items() if k not in ("device", "workers", "epochs", "cache")}
+    comparable = {k: v for k, v in resolved.items() if k not in RESUMABLE_CHANGES}
 
     output.mkdir(parents=True, exist_ok=True)
     last_path = output / "last.pt"
@@ -174,7 +178,7 @@ def train(cache_path: str, output: str | os.PathLike, config: TrainConfig, resta
     if last_path.exists() and not restart:
         payload = ckpt.read_checkpoint(last_path)
         saved = payload.get("training", {}).get("config", "{}")
-        saved = {k: v for k, v in json.loads(saved).items() if k not in ("device", "workers", "epochs", "cache")}
+        saved = {k: v for k, v in json.loads(saved).items() if k not in RESUMABLE_CHANGES}
         if saved != json.loads(json.dumps(comparable, default=str)):
             changed = sorted(k for k in set(saved) | set(comparable)
                              if saved.get(k) != json.loads(json.dumps(comparable.get(k), default=str)))
@@ -243,7 +247,9 @@ def train(cache_path: str, output: str | os.PathLike, config: TrainConfig, resta
             score = -record["train_loss"]
         meta = ckpt.provenance(argv, epoch=epoch, step=step, data_fingerprint=cache.fingerprint,
                                targets=targets, segment=segment, loss=loss_name)
-        if score > best:
+        if not np.isfinite(score):
+            log.warning("epoch %d: validation score is not finite (%s); best.pt is not updated", epoch, score)
+        elif score > best:
             best = score
             ckpt.save_checkpoint(output / "best.pt", ckpt.model_payload(model, meta))
             record["best"] = True

@@ -39,9 +39,24 @@ def test_overlap_add_reconstructs_a_linear_model_exactly(length, overlap):
 
 
 def test_crossfade_window_is_positive_with_ramps():
-    window = crossfade_window(100, 25)
-    assert window.min() > 0 and window[25:75].eq(1).all()
-    torch.testing.assert_close(window[:25], window[-25:].flip(0))
+    window = crossfade_window(48000, 12000)
+    assert window.min() >= 1e-3 and window[12000:36000].eq(1).all()
+    torch.testing.assert_close(window[:12000], window[-12000:].flip(0))
+    assert crossfade_window(100, 25, left=False)[:25].eq(1).all()
+    assert crossfade_window(100, 25, right=False)[-25:].eq(1).all()
+
+
+def test_long_chunks_with_nonlinear_model_stay_finite():
+    class Square(Scaler):
+        def forward(self, mix):
+            return (mix ** 2).unsqueeze(1).repeat(1, len(self.sources), 1, 1)
+
+    model = Square()
+    model.sample_rate = 16000
+    mix = torch.randn(2, 16000 * 12)
+    out = separate_tensor(model, mix, segment=3.0, overlap=0.25)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[0], mix ** 2, rtol=1e-5, atol=1e-5)
 
 
 def test_stft_round_trip_and_shapes():
