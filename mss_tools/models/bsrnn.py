@@ -1,0 +1,367 @@
+"""Band-Split RNN and Band-Split RNN with Squeeze-and-Excitation.
+
+Y. Luo and J. Yu, "Music Source Separation with Band-split RNN", arXiv:2209.15174 (2022).
+
+Pipeline (shapes for a mixture ``(B, C, L)``, ``F = n_fft // 2 + 1`` bins, ``T`` frames,
+``K`` sub-bands of ``G_k`` bins, feature size ``N``):
+
+1. complex STFT ``(B, C, F, T)``;
+2. band split: for every band, the real and imaginary parts of its ``G_k`` bins in all
+   ``C`` channels (``2 * G_k * C`` values per frame; stereo channels are features of the
+   band) go through a LayerNorm and a Linear to ``N`` -> features ``(K, B, T, N)``;
+3. ``num_blocks`` residual blocks, each a BLSTM across frames (per band) followed by a
+   BLSTM across bands (per frame); each BLSTM is preceded by a one-group GroupNorm and
+   followed by a Linear back to ``N`` and a residual connection. ``BSRNNSE`` adds a
+   Squeeze-and-Excitation layer after every block;
+4. per-band mask estimation: LayerNorm -> Linear(N, mlp_ratio * N) -> Tanh ->
+   Linear(mlp_ratio * N, 2 * 2 * G_k * C) -> GLU gives the real and imaginary parts of a
+   complex mask for every bin and channel of the band;
+5. the masks of all bands are concatenated along frequency, multiplied (complex) with the
+   mixture spectrogram and inverted with the iSTFT to ``(B, S, C, L)``.
+
+The paper trains one model per target, each with its own band scheme. Here ``sources`` may
+list several targets: the band split and the band/sequence model are shared and every source
+gets its own mask estimator (step 4). With ``band_scheme="auto"`` a single target picks its
+paper scheme and several targets share ``v7``.
+
+Paper configuration (preset ``paper``): N = 128, 12 blocks, 256 BLSTM units per direction,
+MLP hidden 4N, 2048/512 STFT at 44.1 kHz. One stereo target has 28.0 M parameters with the
+v7 scheme, 27.3 M with bass, 28.9 M with drums; the SE layers add 50,880 (r = 8).
+
+Per-band layers are stored grouped by band width (bands of equal width share one batched
+weight tensor), so the hot path loops over the few distinct widths instead of the bands while
+the parameters are exactly those of one LayerNorm/Linear per band. Features are kept
+band-major, ``(K, B, T, N)``, so that both BLSTMs read them without a transpose: the one
+across frames as ``(K * B, T, N)`` batch-first, the one across bands as ``(K, B * T, N)``
+sequence-first.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mss_tools.dsp import STFT
+from mss_tools.errors import BadInput
+from mss_tools.models.base import SeparationModel
+
+# Each scheme: (upper edge in Hz, bandwidth in Hz) segments from 0 Hz; everything above the
+# last upper edge (up to Nyquist) is one band. Band counts at 44.1 kHz / n_fft 2048 are the
+# paper's: v7 41, bass 30, drums 55.
+BAND_SCHEMES: dict[str, tuple[tuple[int, int], ...]] = {
+    # vocals and other ("v7"): 10 + 12 + 8 + 8 + 2 + 1 = 41 bands
+    "v7": ((1000, 100), (4000, 250), (8000, 500), (16000, 1000), (20000, 2000)),
+    # bass: 10 + 5 + 6 + 4 + 4 + 1 = 30 bands
+    "bass": ((500, 50), (1000, 100), (4000, 500), (8000, 1000), (16000, 2000)),
+    # drums: 20 + 10 + 8 + 8 + 8 + 1 = 55 bands
+    "drums": ((1000, 50), (2000, 100), (4000, 250), (8000, 500), (16000, 1000)),
+}
+
+TARGET_SCHEMES: dict[str, str] = {"vocals": "v7", "other": "v7", "bass": "bass", "drums": "drums"}
+
+# Paper: 2048-point window at 44.1 kHz (about 46 ms), hop a quarter of it.
+_WINDOW_SECONDS = 2048 / 44100
+
+
+def band_edges_hz(scheme: str) -> list[int]:
+    """Interior band edges (Hz, ascending) of a scheme; band ``i`` is ``[edge[i-1], edge[i])``."""
+    if scheme not in BAND_SCHEMES:
+        raise BadInput(f"unknown band scheme {scheme!r}; choose auto or one of {', '.join(BAND_SCHEMES)}")
+    edges, low = [], 0
+    for high, width in BAND_SCHEMES[scheme]:
+        edges.extend(range(low + width, high + 1, width))
+        low = high
+    return edges
+
+
+def band_widths(scheme: str, sample_rate: int, n_fft: int) -> list[int]:
+    """Number of STFT bins in each band of ``scheme`` at ``sample_rate`` and ``n_fft``.
+
+    Bin ``j`` (frequency ``j * sample_rate / n_fft``) belongs to the band whose Hz range
+    contains it, so an edge ``f`` starts at bin ``ceil(f * n_fft / sample_rate)``. Edges that
+    fall on the same bin are merged, edges at or above the last bin below Nyquist are dropped
+    (the last band absorbs the rest), so every band has at least one bin and the bands tile
+    all ``n_fft // 2 + 1`` bins.
+    """
+    n_freq = n_fft // 2 + 1
+    starts = sorted({-(-edge * n_fft // sample_rate) for edge in band_edges_hz(scheme)})
+    starts = [s for s in starts if 0 < s < n_freq - 1]
+    bounds = [0, *starts, n_freq]
+    widths = [hi - lo for lo, hi in zip(bounds[:-1], bounds[1:])]
+    assert sum(widths) == n_freq and min(widths) >= 1, (scheme, sample_rate, n_fft, widths)
+    return widths
+
+
+def resolve_band_scheme(band_scheme: str, sources: Sequence[str]) -> str:
+    """``auto``: the paper's scheme of a single target (v7 for unknown ones), v7 for several."""
+    if band_scheme != "auto":
+        band_edges_hz(band_scheme)
+        return band_scheme
+    if len(sources) == 1:
+        return TARGET_SCHEMES.get(sources[0], "v7")
+    return "v7"
+
+
+def auto_n_fft(sample_rate: int) -> int:
+    """Power of two closest (in log scale) to a 46 ms window: 2048 at 44.1/48 kHz, 1024 at 16-22 kHz."""
+    return 2 ** round(math.log2(sample_rate * _WINDOW_SECONDS))
+
+
+def _uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """The default ``nn.Linear`` initialisation range for a weight or bias with ``fan_in`` inputs."""
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.init.uniform_(tensor, -bound, bound)
+
+
+def _group_bands(widths: Sequence[int]) -> list[tuple[int, list[int]]]:
+    """Bands grouped by width: ``[(width, [band indices])]``, widths ascending."""
+    groups: dict[int, list[int]] = {}
+    for band, width in enumerate(widths):
+        groups.setdefault(width, []).append(band)
+    return sorted(groups.items())
+
+
+class _SplitGroup(nn.Module):
+    """Band split of ``n`` bands of ``width`` bins: per band LayerNorm(2*width*C) + Linear(., N)."""
+
+    def __init__(self, band_starts: Sequence[int], width: int, channels: int, feature_dim: int):
+        super().__init__()
+        n, dim = len(band_starts), 2 * width * channels
+        bins = torch.tensor(band_starts)[:, None] + torch.arange(width)
+        self.register_buffer("bins", bins, persistent=False)
+        self.norm_weight = nn.Parameter(torch.ones(n, dim))
+        self.norm_bias = nn.Parameter(torch.zeros(n, dim))
+        self.weight = nn.Parameter(_uniform_(torch.empty(n, dim, feature_dim), dim))
+        self.bias = nn.Parameter(_uniform_(torch.empty(n, feature_dim), dim))
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """``(B, C, F, T, 2)`` real view of the spectrogram -> ``(n, B, T, N)``."""
+        batch, _, _, frames, _ = spec.shape
+        n = self.bins.shape[0]
+        x = spec[:, :, self.bins]                                    # (B, C, n, width, T, 2)
+        x = x.permute(2, 0, 4, 3, 1, 5).reshape(n, batch * frames, -1)
+        x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight[:, None] + self.norm_bias[:, None]
+        return torch.baddbmm(self.bias[:, None], x, self.weight).reshape(n, batch, frames, -1)
+
+
+class BandSplit(nn.Module):
+    """Complex spectrogram ``(B, C, F, T)`` -> band features ``(K, B, T, N)``."""
+
+    def __init__(self, widths: Sequence[int], channels: int, feature_dim: int):
+        super().__init__()
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        grouped = _group_bands(widths)
+        self.groups = nn.ModuleList(
+            _SplitGroup([starts[b] for b in bands], width, channels, feature_dim) for width, bands in grouped)
+        concat_order = [b for _, bands in grouped for b in bands]
+        self.register_buffer("order", torch.tensor(concat_order).argsort(), persistent=False)
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        spec = torch.view_as_real(spec)
+        features = torch.cat([group(spec) for group in self.groups], dim=0)
+        return features.index_select(0, self.order)
+
+
+class _MaskGroup(nn.Module):
+    """Mask MLP of ``n`` bands of ``width`` bins: LayerNorm(N), Linear(N, H), Tanh, Linear(H, 2D), GLU."""
+
+    def __init__(self, bands: Sequence[int], width: int, channels: int, feature_dim: int, mlp_dim: int):
+        super().__init__()
+        n, dim = len(bands), 2 * width * channels
+        self.width, self.channels = width, channels
+        self.register_buffer("bands", torch.tensor(bands), persistent=False)
+        self.norm_weight = nn.Parameter(torch.ones(n, feature_dim))
+        self.norm_bias = nn.Parameter(torch.zeros(n, feature_dim))
+        self.hidden_weight = nn.Parameter(_uniform_(torch.empty(n, feature_dim, mlp_dim), feature_dim))
+        self.hidden_bias = nn.Parameter(_uniform_(torch.empty(n, mlp_dim), feature_dim))
+        self.out_weight = nn.Parameter(_uniform_(torch.empty(n, mlp_dim, 2 * dim), mlp_dim))
+        self.out_bias = nn.Parameter(_uniform_(torch.empty(n, 2 * dim), mlp_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(K, B, T, N)`` -> mask ``(B, C, n * width, T, 2)`` (real, imaginary) for this group's bins."""
+        _, batch, frames, dim = features.shape
+        n = self.bands.shape[0]
+        x = features.index_select(0, self.bands).reshape(n, batch * frames, dim)
+        x = F.layer_norm(x, (dim,)) * self.norm_weight[:, None] + self.norm_bias[:, None]
+        x = torch.tanh(torch.baddbmm(self.hidden_bias[:, None], x, self.hidden_weight))
+        x = F.glu(torch.baddbmm(self.out_bias[:, None], x, self.out_weight), dim=-1)
+        x = x.reshape(n, batch, frames, self.width, self.channels, 2)
+        return x.permute(1, 4, 0, 3, 2, 5).reshape(batch, self.channels, n * self.width, frames, 2)
+
+
+class MaskEstimator(nn.Module):
+    """Band features ``(K, B, T, N)`` -> complex mask ``(B, C, F, T)`` for one source."""
+
+    def __init__(self, widths: Sequence[int], channels: int, feature_dim: int, mlp_dim: int):
+        super().__init__()
+        starts = [sum(widths[:i]) for i in range(len(widths))]
+        grouped = _group_bands(widths)
+        self.groups = nn.ModuleList(
+            _MaskGroup(bands, width, channels, feature_dim, mlp_dim) for width, bands in grouped)
+        concat_bins = [starts[b] + j for width, bands in grouped for b in bands for j in range(width)]
+        self.register_buffer("order", torch.tensor(concat_bins).argsort(), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        mask = torch.cat([group(features) for group in self.groups], dim=2)
+        return torch.view_as_complex(mask.index_select(2, self.order))
+
+
+class SequenceNorm(nn.Module):
+    """GroupNorm with one group: statistics over a whole sequence (``seq_dim``) and the features (last)."""
+
+    def __init__(self, dim: int, seq_dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.seq_dim, self.eps = seq_dim, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = torch.var_mean(x, dim=(self.seq_dim, -1), unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class ResidualRNN(nn.Module):
+    """``x + Linear(BLSTM(GroupNorm(x)))`` on ``(batch, length, N)`` or, if not ``batch_first``, ``(length, batch, N)``."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, batch_first: bool):
+        super().__init__()
+        self.norm = SequenceNorm(feature_dim, seq_dim=1 if batch_first else 0)
+        self.rnn = nn.LSTM(feature_dim, hidden_dim, batch_first=batch_first, bidirectional=True)
+        self.proj = nn.Linear(2 * hidden_dim, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.proj(self.rnn(self.norm(x))[0])
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel reweighting of ``(K, B, T, N)``: mean over bands and frames -> FC -> ReLU -> FC -> sigmoid."""
+
+    def __init__(self, feature_dim: int, reduction: int):
+        super().__init__()
+        squeezed = max(1, feature_dim // reduction)
+        self.fc1 = nn.Linear(feature_dim, squeezed)
+        self.fc2 = nn.Linear(squeezed, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean(dim=(0, 2))))))
+        return x * scale[:, None, :]
+
+
+class BandSequenceBlock(nn.Module):
+    """BLSTM across frames (per band), then BLSTM across bands (per frame), optional SE; ``(K, B, T, N)``."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, se_reduction: int = 0):
+        super().__init__()
+        self.time_rnn = ResidualRNN(feature_dim, hidden_dim, batch_first=True)
+        self.band_rnn = ResidualRNN(feature_dim, hidden_dim, batch_first=False)
+        self.se = SqueezeExcitation(feature_dim, se_reduction) if se_reduction else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bands, batch, frames, dim = x.shape
+        x = self.time_rnn(x.reshape(bands * batch, frames, dim))
+        x = self.band_rnn(x.reshape(bands, batch * frames, dim)).reshape(bands, batch, frames, dim)
+        return self.se(x) if self.se is not None else x
+
+
+class BSRNN(SeparationModel):
+    """Band-Split RNN (Luo & Yu, arXiv:2209.15174) with complex masks.
+
+    ``forward``: mixture ``(batch, audio_channels, time)`` -> sources
+    ``(batch, len(sources), audio_channels, time)`` for any ``time``.
+
+    Options: ``feature_dim`` (N), ``hidden_dim`` (BLSTM units per direction; the paper's 256
+    for N=128, i.e. 2N), ``num_blocks`` (band+sequence blocks), ``mlp_ratio`` (mask MLP hidden
+    size = mlp_ratio * N), ``n_fft`` / ``hop_length`` (0 = auto: a ~46 ms power-of-two window,
+    hop n_fft/4), ``band_scheme`` (``auto``, ``v7``, ``bass`` or ``drums``; see
+    :data:`BAND_SCHEMES`). ``BSRNNSE`` adds ``se_reduction``.
+    """
+
+    DEFAULTS = {
+        "feature_dim": 128,
+        "hidden_dim": 256,
+        "num_blocks": 12,
+        "mlp_ratio": 4,
+        "n_fft": 0,
+        "hop_length": 0,
+        "band_scheme": "auto",
+    }
+    PRESETS = {
+        "paper": {"feature_dim": 128, "hidden_dim": 256, "num_blocks": 12, "mlp_ratio": 4},
+        "small": {"feature_dim": 32, "hidden_dim": 32, "num_blocks": 2, "mlp_ratio": 4},
+    }
+    DEFAULT_LOSS = "l1_complex_wave"
+    DEFAULT_SEGMENT = 3.0
+
+    def __init__(self, sources: Sequence[str], audio_channels: int = 2, sample_rate: int = 44100,
+                 **config: Any):
+        super().__init__(sources, audio_channels, sample_rate)
+        config = type(self).resolve_config(None, config)
+        for key in ("feature_dim", "hidden_dim", "num_blocks", "mlp_ratio", "se_reduction"):
+            if key in config and config[key] < 1:
+                raise BadInput(f"option {key} must be at least 1, got {config[key]}")
+        for key in ("n_fft", "hop_length"):
+            if config[key] < 0:
+                raise BadInput(f"option {key} must be 0 (auto) or positive, got {config[key]}")
+        if self.audio_channels < 1 or self.sample_rate < 1:
+            raise BadInput("audio_channels and sample_rate must be positive")
+
+        n_fft = config["n_fft"] or auto_n_fft(self.sample_rate)
+        hop_length = config["hop_length"] or n_fft // 4
+        try:
+            self.stft = STFT(n_fft, hop_length)
+        except ValueError as exc:
+            raise BadInput(str(exc)) from None
+        self.band_scheme = resolve_band_scheme(config["band_scheme"], self.sources)
+        self.band_widths = band_widths(self.band_scheme, self.sample_rate, n_fft)
+
+        feature_dim = config["feature_dim"]
+        self.band_split = BandSplit(self.band_widths, self.audio_channels, feature_dim)
+        self.blocks = nn.ModuleList(
+            BandSequenceBlock(feature_dim, config["hidden_dim"], config.get("se_reduction", 0))
+            for _ in range(config["num_blocks"]))
+        self.mask_estimators = nn.ModuleList(
+            MaskEstimator(self.band_widths, self.audio_channels, feature_dim, config["mlp_ratio"] * feature_dim)
+            for _ in self.sources)
+
+    @property
+    def num_bands(self) -> int:
+        return len(self.band_widths)
+
+    def estimate_masks(self, spec: torch.Tensor) -> torch.Tensor:
+        """Mixture spectrogram ``(B, C, F, T)`` complex -> masks ``(B, S, C, F, T)`` complex."""
+        features = self.band_split(spec)
+        for block in self.blocks:
+            features = block(features)
+        return torch.stack([estimator(features) for estimator in self.mask_estimators], dim=1)
+
+    @staticmethod
+    def apply_masks(spec: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """Complex product of the mixture ``(B, C, F, T)`` with masks ``(B, S, C, F, T)``."""
+        return spec.unsqueeze(1) * masks
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        if mix.dim() != 3 or mix.shape[1] != self.audio_channels:
+            raise BadInput(f"expected a mixture (batch, {self.audio_channels}, time), got {tuple(mix.shape)}")
+        spec = self.stft(mix)
+        masks = self.estimate_masks(spec)
+        return self.stft.inverse(self.apply_masks(spec, masks), mix.shape[-1])
+
+
+class BSRNNSE(BSRNN):
+    """BSRNN with a Squeeze-and-Excitation layer after every band/sequence block.
+
+    The SE layer averages the ``(K, B, T, N)`` block output over bands and frames, maps the
+    ``N`` means through FC(N, N/r) -> ReLU -> FC(N/r, N) -> sigmoid and rescales the feature
+    dimension: ``num_blocks * (2 * N * N/r + N/r + N)`` extra parameters. Extra option:
+    ``se_reduction`` (r).
+    """
+
+    DEFAULTS = {**BSRNN.DEFAULTS, "se_reduction": 8}
+    PRESETS = {
+        "paper": {**BSRNN.PRESETS["paper"], "se_reduction": 8},
+        "small": {**BSRNN.PRESETS["small"], "se_reduction": 8},
+    }

@@ -1,0 +1,196 @@
+"""Band-Split RNN (``bsrnn``) and its Squeeze-and-Excitation variant (``bsrnn_se``)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from mss_tools.errors import BadInput
+from mss_tools.losses import get_loss
+from mss_tools.models import build_model
+from mss_tools.models.bsrnn import BAND_SCHEMES, BSRNN, BSRNNSE, auto_n_fft, band_edges_hz, band_widths
+
+TINY = {"feature_dim": 8, "hidden_dim": 8, "num_blocks": 1, "mlp_ratio": 2}
+
+
+def tiny(arch="bsrnn", sources=("vocals",), channels=2, sample_rate=16000, **overrides):
+    torch.manual_seed(0)
+    return build_model(arch, list(sources), channels, sample_rate, overrides={**TINY, **overrides})
+
+
+@pytest.mark.parametrize("scheme", sorted(BAND_SCHEMES))
+@pytest.mark.parametrize("sample_rate", [16000, 22050, 44100])
+def test_bands_tile_all_bins(scheme, sample_rate):
+    for n_fft in (auto_n_fft(sample_rate), 256, 4096):
+        widths = band_widths(scheme, sample_rate, n_fft)
+        assert sum(widths) == n_fft // 2 + 1
+        assert min(widths) >= 1
+
+
+def test_paper_band_counts_and_edges_at_44k():
+    assert {s: len(band_widths(s, 44100, 2048)) for s in BAND_SCHEMES} == {"v7": 41, "bass": 30, "drums": 55}
+    v7 = band_edges_hz("v7")
+    assert v7[:10] == list(range(100, 1001, 100))
+    assert v7[10:22] == list(range(1250, 4001, 250))
+    assert v7[-3:] == [16000, 18000, 20000]
+    assert band_edges_hz("bass")[:10] == list(range(50, 501, 50))
+    assert band_edges_hz("drums")[-1] == 16000
+    # 100 Hz bands are 4-5 bins of 21.5 Hz; the top band is 20 kHz..Nyquist.
+    assert band_widths("v7", 44100, 2048)[:3] == [5, 5, 4]
+    assert band_widths("v7", 44100, 2048)[-1] == 1025 - 929
+
+
+def test_stft_settings_follow_sample_rate():
+    assert (tiny(sample_rate=44100).stft.n_fft, tiny(sample_rate=44100).stft.hop_length) == (2048, 512)
+    for rate in (16000, 22050):
+        model = tiny(sample_rate=rate)
+        assert (model.stft.n_fft, model.stft.hop_length) == (1024, 256)
+    model = tiny(n_fft=512, hop_length=128)
+    assert (model.stft.n_fft, model.stft.hop_length) == (512, 128)
+    assert sum(model.band_widths) == 257
+
+
+@pytest.mark.parametrize("sources, expected", [
+    (["piano"], "v7"), (["vocals"], "v7"), (["other"], "v7"), (["bass"], "bass"), (["drums"], "drums"),
+    (["vocals", "drums", "bass", "other"], "v7"),
+])
+def test_auto_band_scheme(sources, expected):
+    assert tiny(sources=sources).band_scheme == expected
+
+
+def test_named_band_scheme():
+    model = tiny(sources=["vocals"], band_scheme="drums")
+    assert model.band_scheme == "drums"
+    assert model.num_bands == len(band_widths("drums", 16000, 1024))
+
+
+@pytest.mark.parametrize("arch", ["bsrnn", "bsrnn_se"])
+@pytest.mark.parametrize("channels, sources, length", [
+    (2, ["vocals"], 4001),
+    (1, ["piano"], 3333),
+    (2, ["vocals", "drums", "bass", "other"], 2049),
+    (1, ["bass"], 100),
+])
+def test_output_shape(arch, channels, sources, length):
+    model = tiny(arch, sources, channels)
+    out = model(torch.randn(2, channels, length))
+    assert out.shape == (2, len(sources), channels, length)
+    assert torch.isfinite(out).all()
+
+
+def test_identity_mask_reconstructs_input(monkeypatch):
+    model = tiny(sources=["vocals", "drums"])
+    mix = torch.randn(2, 2, 5001)
+
+    def unit_masks(spec):
+        return torch.ones(spec.shape[0], 2, *spec.shape[1:], dtype=spec.dtype)
+
+    monkeypatch.setattr(model, "estimate_masks", unit_masks)
+    out = model(mix)
+    assert torch.allclose(out, mix[:, None].expand_as(out), atol=1e-5)
+
+
+def test_apply_masks_is_complex_product():
+    spec = torch.randn(1, 2, 5, 3, dtype=torch.complex64)
+    masks = torch.randn(1, 3, 2, 5, 3, dtype=torch.complex64)
+    out = BSRNN.apply_masks(spec, masks)
+    assert out.shape == (1, 3, 2, 5, 3)
+    assert torch.allclose(out[0, 1], spec[0] * masks[0, 1])
+
+
+def test_band_split_and_masks_are_band_local():
+    model = tiny(sources=["vocals"], channels=2)
+    spec = torch.randn(1, 2, 513, 4, dtype=torch.complex64)
+    starts = [sum(model.band_widths[:k]) for k in range(model.num_bands)]
+    base = model.band_split(spec)
+    for band in (0, 7, model.num_bands - 1):
+        bumped = spec.clone()
+        bumped[:, :, starts[band]:starts[band] + model.band_widths[band]] += 1.0
+        changed = (model.band_split(bumped) - base).abs().amax(dim=(1, 2, 3)) > 0
+        assert changed.nonzero().flatten().tolist() == [band]
+
+    estimator = model.mask_estimators[0]
+    features = torch.randn_like(base)
+    mask = estimator(features)
+    for band in (0, 7, model.num_bands - 1):
+        bumped = features.clone()
+        bumped[band] += 1.0
+        changed = (estimator(bumped) - mask).abs().amax(dim=(0, 1, 3)) > 0
+        lo, hi = starts[band], starts[band] + model.band_widths[band]
+        assert changed.nonzero().flatten().tolist() == list(range(lo, hi))
+
+
+@pytest.mark.parametrize("arch", ["bsrnn", "bsrnn_se"])
+def test_gradients_reach_every_parameter(arch):
+    # se_reduction 2 keeps 4 squeezed units, so a dead ReLU cannot zero the whole SE gradient.
+    model = tiny(arch, sources=["vocals", "bass"], **({"se_reduction": 2} if arch == "bsrnn_se" else {}))
+    mix = torch.randn(2, 2, 3000)
+    loss = get_loss(model.DEFAULT_LOSS)(model(mix), torch.randn(2, 2, 2, 3000), model)
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("arch", ["bsrnn", "bsrnn_se"])
+def test_save_load_gives_identical_output(arch):
+    model = tiny(arch).eval()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(123)
+    restored = build_model(arch, ["vocals"], 2, 16000, config=model.config).eval()
+    restored.load_state_dict(torch.load(buffer))
+    mix = torch.randn(1, 2, 2500)
+    with torch.no_grad():
+        assert torch.equal(model(mix), restored(mix))
+
+
+def test_se_parameter_overhead():
+    n, blocks, r = 16, 3, 4
+    base = tiny("bsrnn", feature_dim=n, num_blocks=blocks)
+    se = tiny("bsrnn_se", feature_dim=n, num_blocks=blocks, se_reduction=r)
+    assert se.num_parameters - base.num_parameters == blocks * (n * n // r + n // r + n // r * n + n)
+
+
+def test_bsrnn_state_dict_refused_by_bsrnn_se():
+    state = tiny("bsrnn").state_dict()
+    with pytest.raises(RuntimeError):
+        tiny("bsrnn_se").load_state_dict(state)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"no_such_option": 1}, {"se_reduction": 8}, {"band_scheme": "v9"}, {"feature_dim": 0}, {"n_fft": -1},
+    {"hop_length": 4096},
+])
+def test_bad_options_raise_bad_input(overrides):
+    with pytest.raises(BadInput):
+        build_model("bsrnn", ["vocals"], 2, 16000, overrides={**TINY, **overrides})
+
+
+def test_unknown_option_to_constructor_raises_bad_input():
+    with pytest.raises(BadInput):
+        BSRNNSE(["vocals"], 2, 16000, depth=3)
+
+
+def test_wrong_input_shape_raises_bad_input():
+    with pytest.raises(BadInput):
+        tiny(channels=2)(torch.randn(1, 1, 1000))
+
+
+def test_class_settings():
+    assert BSRNN.DEFAULT_LOSS == BSRNNSE.DEFAULT_LOSS == "l1_complex_wave"
+    assert BSRNN.DEFAULT_SEGMENT == 3.0
+    assert set(BSRNNSE.DEFAULTS) == set(BSRNN.DEFAULTS) | {"se_reduction"}
+    for cls in (BSRNN, BSRNNSE):
+        assert {"paper", "small"} <= set(cls.PRESETS)
+
+
+@pytest.mark.parametrize("target, bands", [("vocals", 41), ("bass", 30), ("drums", 55)])
+def test_paper_preset_size(target, bands):
+    model = build_model("bsrnn", [target], 2, 44100, preset="paper")
+    assert model.num_bands == bands
+    assert (model.stft.n_fft, model.stft.hop_length) == (2048, 512)
+    # Measured 27.3 M (bass), 28.0 M (vocals/v7), 28.9 M (drums).
+    assert 25e6 < model.num_parameters < 45e6
