@@ -19,7 +19,7 @@ from mss_tools.cli.common import command, split_list
 @click.option("--skip-bad", is_flag=True, help="Skip unreadable tracks (recorded in the cache) instead of stopping.")
 @click.option("-j", "--jobs", type=int, default=1, help="Tracks decoded in parallel.")
 @click.option("--force", is_flag=True, help="Rebuild even if OUTPUT is up to date.")
-@click.option("--demo-tracks", type=int, default=20, help="Demo corpus: number of tracks (3 valid, 3 test).")
+@click.option("--demo-tracks", type=int, default=20, help="Demo corpus: number of tracks (a fifth, 1 to 3, each for valid and test).")
 @click.option("--demo-duration", type=float, default=12.0, help="Demo corpus: seconds per track.")
 def cli(source, output, sample_rate, layout, sources, valid_tracks, valid_fraction, seed, skip_bad, jobs, force,
         demo_tracks, demo_duration):

@@ -118,8 +118,9 @@ def discover(source: str, layout: str = "auto", sources: Sequence[str] | None = 
     if layout == "demo" or (layout == "auto" and source == "demo" and not Path(source).exists()):
         from mss_tools.datasets.demo import DEMO_SOURCES, demo_track_names
 
+        held_out = max(1, min(3, demo_tracks // 5))
         refs = [TrackRef(split, name, "demo", demo_index=i)
-                for i, (split, name) in enumerate(demo_track_names(demo_tracks))]
+                for i, (split, name) in enumerate(demo_track_names(demo_tracks, held_out, held_out))]
         dataset = Dataset("demo", "demo", list(DEMO_SOURCES), refs, has_mixture=False)
     else:
         from mss_tools.datasets import folder, musdb

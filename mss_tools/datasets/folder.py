@@ -61,18 +61,17 @@ def load_folder_track(ref: TrackRef, sources: list[str], has_mixture: bool) -> L
         raise BadInput(f"{folder}: track holds none of the stems {', '.join(sources)}")
     keys = present + (["mixture"] if has_mixture else [])
     infos = {key: audio.audio_info(ref.files[key]) for key in keys}
-    rate = infos[keys[0]][0]
-    length = infos[keys[0]][2]
+    def listing(index: int, unit: str) -> str:
+        return ", ".join(f"{Path(ref.files[k]).name} {infos[k][index]}{unit}" for k in keys)
+
+    if len({infos[k][0] for k in keys}) > 1:
+        raise BadInput(f"{folder}: stems of different sample rates ({listing(0, ' Hz')})")
+    if len({infos[k][2] for k in keys}) > 1:
+        raise BadInput(f"{folder}: stems of unequal length ({listing(2, ' samples')})")
     for key in keys:
-        other_rate, channels, frames = infos[key]
-        if other_rate != rate:
-            raise BadInput(f"{ref.files[key]}: sample rate {other_rate} Hz differs from {rate} Hz "
-                           f"of {Path(ref.files[keys[0]]).name}")
-        if frames != length:
-            raise BadInput(f"{ref.files[key]}: {frames} samples, but {Path(ref.files[keys[0]]).name} has {length} "
-                           f"(stems of unequal length)")
-        if channels > 2:
-            raise BadInput(f"{ref.files[key]}: {channels} channels; mss handles mono and stereo")
+        if infos[key][1] > 2:
+            raise BadInput(f"{ref.files[key]}: {infos[key][1]} channels; mss handles mono and stereo")
+    rate, _, length = infos[keys[0]]
     decoded = {}
     for key in keys:
         data, _ = audio.read_audio(ref.files[key])
