@@ -147,3 +147,34 @@ def read_stem_mp4(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 def _short(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[-1][:200] if text else type(exc).__name__
+
+
+def time_stretch(audio: np.ndarray, rate: float, n_fft: int = 1024) -> np.ndarray:
+    """Phase-vocoder time stretch of ``(channels, time)``: ``rate`` > 1 is faster (shorter output)."""
+    if rate == 1.0:
+        return np.asarray(audio, dtype=np.float32)
+    import torch
+    import torchaudio.functional as AF
+
+    from mss_tools.dsp import STFT
+
+    stft = STFT(n_fft, n_fft // 4)
+    spec = stft(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)))
+    advance = torch.linspace(0, np.pi * stft.hop_length, stft.n_freq)[:, None]
+    stretched = AF.phase_vocoder(spec, rate, advance)
+    length = int(round(audio.shape[-1] / rate))
+    return stft.inverse(stretched, length).numpy()
+
+
+def pitch_shift(audio: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
+    """Shift pitch by ``semitones`` keeping the duration (time stretch, then resample)."""
+    if semitones == 0:
+        return np.asarray(audio, dtype=np.float32)
+    factor = 2.0 ** (semitones / 12.0)
+    stretched = time_stretch(audio, 1.0 / factor)
+    step = 100
+    shifted = resample(stretched, int(round(sample_rate * factor / step)) * step, sample_rate)
+    out = np.zeros_like(audio, dtype=np.float32)
+    n = min(out.shape[-1], shifted.shape[-1])
+    out[:, :n] = shifted[:, :n]
+    return out

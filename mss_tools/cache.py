@@ -235,3 +235,55 @@ class StemCache:
 
 def remove_tree(path: str | os.PathLike) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Mix plans (``format="mss-plan"``): per example and per source slot, which track, offset,
+# gain and augmentation flags, and whether the slot is active.
+
+PLAN_FORMAT = "mss-plan"
+PLAN_FORMAT_VERSION = 1
+PLAN_FIELDS = {  # name -> dtype; every field is (examples, slots)
+    "track": np.int32, "offset": np.int64, "gain": np.float32, "active": np.bool_, "swap": np.bool_,
+    "flip": np.bool_, "shift": np.int64, "pitch": np.float32, "stretch": np.float32,
+}
+
+
+def write_plan(path: str | os.PathLike, fields: dict[str, np.ndarray], tracks: Sequence[str],
+               attrs: dict[str, Any]) -> None:
+    """Write a mix plan atomically; ``fields`` holds every name of ``PLAN_FIELDS``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = PLAN_FORMAT
+            f.attrs["format_version"] = PLAN_FORMAT_VERSION
+            for key, value in attrs.items():
+                f.attrs[key] = _attr(value)
+            f.create_dataset("tracks", data=np.array(list(tracks), dtype=h5py.string_dtype()))
+            for name, dtype in PLAN_FIELDS.items():
+                f.create_dataset(name, data=np.asarray(fields[name], dtype=dtype))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_plan(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
+    """(fields, tracks, attrs) of a mix plan; JSON attrs are decoded."""
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _decode(v) for k, v in f.attrs.items()}
+            if attrs.get("format") != PLAN_FORMAT:
+                raise BadInput(f"{path}: not an mss mix plan (format={attrs.get('format')!r})")
+            fields = {name: f[name][()] for name in PLAN_FIELDS}
+            tracks = [t.decode() if isinstance(t, bytes) else str(t) for t in f["tracks"][()]]
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such mix plan") from None
+    except OSError as exc:
+        raise BadInput(f"{path}: not a readable mix plan ({exc})") from None
+    for key in ("augment", "created_by"):
+        if key in attrs:
+            attrs[key] = _json_attr(attrs[key], {})
+    return fields, tracks, attrs

@@ -10,6 +10,7 @@ from mss_tools import __version__
 
 SUBCOMMANDS = {
     "prep": ("mss_tools.cli.prep", "Decode a data set (MUSDB18, MUSDB18-HQ, stem folders, demo) into an HDF5 stem cache."),
+    "remix": ("mss_tools.cli.remix", "Draw a mix plan: random cross-track remixes, curriculum stages, augmentations."),
     "train": ("mss_tools.cli.train", "Train a separation model on a stem cache."),
     "separate": ("mss_tools.cli.separate", "Separate audio files or a cache split with a checkpoint."),
     "score": ("mss_tools.cli.score", "Score separated stems against references (usdr, sdr, BSSEval v4)."),
