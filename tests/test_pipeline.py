@@ -26,7 +26,7 @@ def test_training_writes_a_self_describing_experiment(trained_unet, demo_cache):
     assert best["arch"] == "unet" and best["sources"] == ["vocals", "drums", "bass", "other"]
     assert best["sample_rate"] == 8000 and best["config"]["depth"] == 3
     last = torch.load(trained_unet / "last.pt", weights_only=True)
-    assert last["training"]["epoch"] == 2 and last["training"]["step"] == 6
+    assert last["training"]["step"] == 6 and last["training"]["data_position"] == 6
     lines = [json.loads(line) for line in (trained_unet / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert all(set(line["valid"]) == set(best["sources"]) for line in lines)

@@ -43,3 +43,48 @@ def split_list(value: str | None) -> list[str] | None:
     if not value:
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+_MIX_OPTIONS = [
+    click.option("--sources", "active_sources", default=None,
+                 help="Active sources per example: 2, 3, ... or 'all' (default all)."),
+    click.option("--stage", type=int, default=None,
+                 help="Curriculum stage: 1 = target + 1 distractor, 2 = target + 2, 3 = full mixture."),
+    click.option("--aligned-prob", type=float, default=0.0,
+                 help="Probability that all sources of an example come from one track (else cross-track remix)."),
+    click.option("--silent-keep", type=float, default=0.1,
+                 help="Probability of keeping an example whose target is silent (else it is redrawn)."),
+    click.option("--gain-db", type=float, default=6.0, help="Random gain range per source (± dB)."),
+    click.option("--gain-prob", type=float, default=1.0, help="Probability of the random gain."),
+    click.option("--swap-prob", type=float, default=0.5, help="Left/right swap probability per source."),
+    click.option("--flip-prob", type=float, default=0.5, help="Polarity inversion probability per source."),
+    click.option("--shift", type=float, default=0.0, help="Max time shift per source in aligned examples (s)."),
+    click.option("--pitch-prob", type=float, default=0.0, help="Pitch shift probability per source (slow)."),
+    click.option("--pitch-semitones", type=float, default=2.0, help="Pitch shift range (± semitones)."),
+    click.option("--stretch-prob", type=float, default=0.0, help="Time stretch probability per source (slow)."),
+    click.option("--stretch-range", type=float, default=0.1, help="Time stretch rate range (1 ± range)."),
+    click.option("--no-augment", is_flag=True, help="Turn every augmentation off."),
+]
+MIX_KEYS = ("active_sources", "stage", "aligned_prob", "silent_keep", "gain_db", "gain_prob", "swap_prob",
+            "flip_prob", "shift", "pitch_prob", "pitch_semitones", "stretch_prob", "stretch_range", "no_augment")
+
+
+def mix_options(func):
+    """The remixing/curriculum/augmentation options shared by ``remix`` and ``train``."""
+    for option in reversed(_MIX_OPTIONS):
+        func = option(func)
+    return func
+
+
+def pop_mix_options(kwargs: dict) -> dict:
+    """Remove the ``mix_options`` values from ``kwargs``; returns active_sources, stage, aligned_prob,
+    silent_keep and augment (an ``Augmentation``)."""
+    from mss_tools.mixing import Augmentation, parse_active_sources
+
+    values = {key: kwargs.pop(key) for key in MIX_KEYS}
+    active, stage = parse_active_sources(values["active_sources"], values["stage"])
+    augment = Augmentation.none() if values["no_augment"] else Augmentation(
+        **{k: values[k] for k in ("gain_db", "gain_prob", "swap_prob", "flip_prob", "shift", "pitch_prob",
+                                  "pitch_semitones", "stretch_prob", "stretch_range")})
+    return {"active_sources": active, "stage": stage, "aligned_prob": values["aligned_prob"],
+            "silent_keep": values["silent_keep"], "augment": augment}

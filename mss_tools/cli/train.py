@@ -1,8 +1,10 @@
+import os
+import subprocess
 import sys
 
 import click
 
-from mss_tools.cli.common import command, split_list
+from mss_tools.cli.common import command, mix_options, pop_mix_options, split_list
 
 
 def _parse_arch_options(values) -> dict:
@@ -17,6 +19,24 @@ def _parse_arch_options(values) -> dict:
     return options
 
 
+def _launch_torchrun(nproc: int) -> None:
+    """Re-run this command under torchrun with ``nproc`` processes (``--nproc`` removed)."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        args.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "mss_tools", *args]
+    sys.exit(subprocess.call(command, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))))
+
+
 @command("train")
 @click.argument("cache", type=click.Path(dir_okay=False))
 @click.option("--arch", default="unet", help="Architecture (registry name): unet, unet_lite, demucs_lstm, "
@@ -28,32 +48,54 @@ def _parse_arch_options(values) -> dict:
 @click.option("--targets", default=None, help="Comma-separated sources to separate (default: every cache source).")
 @click.option("--loss", default=None, help="Loss name (default: the architecture's paper loss).")
 @click.option("--segment", type=float, default=None, help="Training segment in seconds (default: per architecture).")
-@click.option("--batch-size", type=int, default=8)
+@click.option("--plan", type=click.Path(dir_okay=False), default=None,
+              help="Train on the examples of this mix plan (default: random remixes drawn on the fly).")
+@mix_options
+@click.option("--init", type=click.Path(dir_okay=False), default=None,
+              help="Warm start from this checkpoint (e.g. the previous curriculum stage's best.pt).")
+@click.option("--batch-size", type=int, default=8, help="Global batch size (all processes together).")
+@click.option("--accum-steps", type=int, default=1, help="Gradient accumulation: micro-batches per optimizer step.")
 @click.option("--epochs", type=int, default=10)
-@click.option("--steps-per-epoch", type=int, default=100)
+@click.option("--steps-per-epoch", type=int, default=100, help="Optimizer steps per epoch (validation after each).")
 @click.option("--lr", type=float, default=3e-4, help="Adam learning rate.")
 @click.option("--weight-decay", type=float, default=0.0)
 @click.option("--grad-clip", type=float, default=5.0, help="Max gradient norm (0: off).")
+@click.option("--schedule", type=click.Choice(["none", "plateau", "cosine"]), default="none",
+              help="Learning-rate schedule (plateau: halve after --plateau-patience epochs without improvement).")
+@click.option("--warmup-steps", type=int, default=0, help="Linear learning-rate warm-up.")
+@click.option("--min-lr", type=float, default=0.0, help="Final learning rate of the cosine schedule.")
+@click.option("--plateau-patience", type=int, default=3)
+@click.option("--patience", type=int, default=0, help="Early stop after this many epochs without improvement (0: off).")
+@click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", help="Mixed precision (CUDA).")
+@click.option("--ema", type=float, default=0.0, help="EMA decay of the weights, e.g. 0.999 (0: off).")
 @click.option("--valid-seconds", type=float, default=None, help="Validate on at most this many seconds per track.")
+@click.option("--checkpoint-every", type=int, default=0, help="Also save last.pt every N steps (0: epoch ends).")
+@click.option("--max-bad-steps", type=int, default=10, help="Stop after this many consecutive non-finite losses.")
 @click.option("-j", "--jobs", "workers", type=int, default=0, help="DataLoader worker processes.")
+@click.option("--nproc", type=int, default=1, help="Launch this many processes with torchrun (DDP).")
 @click.option("--seed", type=int, default=42)
 @click.option("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Experiment folder (default: exp/<arch>).")
 @click.option("--restart", is_flag=True, help="Discard an existing last.pt in OUTPUT instead of resuming.")
-def cli(cache, arch, preset, arch_opts, print_config, targets, loss, segment, batch_size, epochs, steps_per_epoch,
-        lr, weight_decay, grad_clip, valid_seconds, workers, seed, device, output, restart):
+def cli(cache, arch, preset, arch_opts, print_config, targets, loss, segment, plan, init, batch_size, accum_steps,
+        epochs, steps_per_epoch, lr, weight_decay, grad_clip, schedule, warmup_steps, min_lr, plateau_patience,
+        patience, amp, ema, valid_seconds, checkpoint_every, max_bad_steps, workers, nproc, seed, device, output,
+        restart, **mix):
     """Train a separation model on the stem cache CACHE.
 
-    Training examples are random cross-track remixes of the cache's `train` split; each
-    epoch is validated on the `valid` split (usdr per target). OUTPUT gets best.pt,
-    last.pt, config.json, provenance.json and metrics.jsonl; run the same command again
-    to resume after an interruption.
+    Examples are random cross-track remixes of the `train` split drawn on the fly (or the
+    examples of --plan), with the curriculum and augmentation options of `mss remix`.
+    Each epoch is validated on the `valid` split (usdr and sdr per target). OUTPUT gets
+    best.pt, last.pt, config.json, provenance.json and metrics.jsonl; run the same
+    command again to resume exactly where an interrupted run stopped.
 
     \b
     Examples:
       mss train --arch unet --preset small demo.h5 -o exp/unet
-      mss train --arch bsrnn_se --targets vocals musdb22k.h5 -o exp/bsrnn_se_vocals
+      mss train --arch bsrnn_se --targets vocals --stage 1 musdb22k.h5 -o exp/bsrnn_se/s1
+      mss train --arch bsrnn_se --targets vocals --plan plan_s2.h5 --init exp/bsrnn_se/s1/best.pt musdb22k.h5 -o exp/bsrnn_se/s2
+      mss train --arch demucs_lstm --nproc 4 --amp bf16 --ema 0.999 musdb44k.h5 -o exp/demucs
       mss train --arch unet --print-config --arch-opt depth=5 demo.h5
     """
     import json
@@ -67,10 +109,15 @@ def cli(cache, arch, preset, arch_opts, print_config, targets, loss, segment, ba
         click.echo(json.dumps({"arch": arch, "preset": preset, "config": resolved, "loss": loss or cls.DEFAULT_LOSS,
                                "segment": segment or cls.DEFAULT_SEGMENT}, indent=2))
         return
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _launch_torchrun(nproc)
     from mss_tools.training import TrainConfig, train
 
     config = TrainConfig(arch=arch, preset=preset, arch_options=options, targets=split_list(targets), loss=loss,
-                         segment=segment, batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                         lr=lr, weight_decay=weight_decay, grad_clip=grad_clip, workers=workers, seed=seed,
-                         valid_seconds=valid_seconds, device=device)
+                         segment=segment, plan=plan, init=init, batch_size=batch_size, accum_steps=accum_steps,
+                         epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr, weight_decay=weight_decay,
+                         grad_clip=grad_clip, schedule=schedule, warmup_steps=warmup_steps, min_lr=min_lr,
+                         plateau_patience=plateau_patience, patience=patience, amp=amp, ema=ema,
+                         valid_seconds=valid_seconds, checkpoint_every=checkpoint_every, max_bad_steps=max_bad_steps,
+                         workers=workers, seed=seed, device=device, **pop_mix_options(mix))
     train(cache, output or f"exp/{arch}", config, restart=restart, argv=sys.argv)
