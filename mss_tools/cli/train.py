@@ -37,8 +37,35 @@ def _launch_torchrun(nproc: int) -> None:
     sys.exit(subprocess.call(command, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))))
 
 
+def _load_config(ctx, param, value):
+    """``--config FILE``: a JSON object of option defaults (``{"epochs": 20, "arch-opt": ["depth=5"]}``)."""
+    if not value:
+        return value
+    import json
+
+    try:
+        data = json.loads(open(value).read())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise click.BadParameter(f"{value}: not a readable JSON config ({exc})") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{value}: the config must be a JSON object of option names and values")
+    names = {p.name: p for p in ctx.command.params}
+    defaults = {}
+    for key, item in data.items():
+        name = {"arch-opt": "arch_opts", "arch_opt": "arch_opts", "jobs": "workers"}.get(key, key.replace("-", "_"))
+        if name not in names or name in ("cache", "config"):
+            raise click.BadParameter(f"{value}: unknown option {key!r}")
+        if name == "arch_opts" and isinstance(item, dict):
+            item = [f"{k}={v}" for k, v in item.items()]
+        defaults[name] = item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
 @command("train")
 @click.argument("cache", type=click.Path(dir_okay=False))
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True, expose_value=False,
+              help="JSON file of option defaults (e.g. recipes/conf/bsrnn_demo.json); command-line options win.")
 @click.option("--arch", default="unet", help="Architecture (registry name): unet, unet_lite, demucs_lstm, "
               "demucs_attn, bsrnn, bsrnn_se.")
 @click.option("--preset", default=None, help="Named architecture preset (e.g. small, paper); default: the defaults.")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Helpers for recipes: timestamped log lines and logged, skippable stages.
 
+run_cmd=("${run_cmd[@]+"${run_cmd[@]}"}")
+
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$0")] $*" >&2; }
 
-# run_step LOGFILE CMD...: runs CMD with its output in LOGFILE (plus a header and footer that
+# run_step LOGFILE CMD...: runs CMD (behind ${run_cmd[@]}, see cmd.sh) with its output in LOGFILE (plus a header and footer that
 # record the command, start, end, duration and exit code); on failure names the log and exits.
 run_step() {
   local logfile=$1; shift
@@ -14,7 +16,7 @@ run_step() {
     echo "# started: $(date '+%Y-%m-%d %H:%M:%S')"
   } > "$logfile"
   set +e
-  "$@" >> "$logfile" 2>&1
+  "${run_cmd[@]}" "$@" >> "$logfile" 2>&1
   local rc=$?
   set -e
   local end; end=$(date +%s)
