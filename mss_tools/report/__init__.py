@@ -1,108 +1,93 @@
-"""``mss compare``: tables over score files (one per model)."""
+"""``mss compare``: tables, paired statistics, plots and a listening page over score files (one per model).
+
+Modules, one concern each: :mod:`~mss_tools.report.runs` (score files and model facts),
+:mod:`~mss_tools.report.tables` (per-source summaries), :mod:`~mss_tools.report.stats`
+(paired tests), :mod:`~mss_tools.report.plots` (figures), :mod:`~mss_tools.report.excerpts`
+(choosing passages), :mod:`~mss_tools.report.listening` (clips), :mod:`~mss_tools.report.html`
+(the page). Only ``compare`` with an output folder imports matplotlib; nothing here imports torch
+unless a listening clip must be resampled.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from mss_tools.errors import BadInput
+from mss_tools.report.runs import Run, label_of, load_runs, load_scores
+from mss_tools.report.tables import csv_text, markdown_tables, table_rows
 
-METRIC_ORDER = ("sdr", "usdr", "si_sdr", "isr", "sir", "sar")
+__all__ = ["compare", "markdown_summary", "load_runs", "load_scores", "label_of", "table_rows", "markdown_tables",
+           "csv_text", "Run"]
 
-
-def load_scores(path: str | os.PathLike) -> dict[str, Any]:
-    try:
-        document = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such score file") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{path}: not a readable score file ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != "mss-scores":
-        raise BadInput(f"{path}: not an mss score file")
-    return document
+MAX_EXCERPTS = 3
 
 
-def label_of(path: str | os.PathLike) -> str:
-    return Path(path).stem
+def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None = None, listening: bool = True,
+            excerpt_seconds: float = 8.0, excerpts: int = 2, bootstrap: int = 10000, seed: int = 0) -> str:
+    """Compare the score files ``paths``; returns the Markdown (tables and paired statistics) for stdout.
 
+    With ``output`` (a folder) also writes ``RESULTS.md``, ``results.csv``, ``models.csv``, ``pairs.csv``,
+    ``plots/*.png|svg`` and ``index.html`` (with a listening section of ``excerpts`` excerpts per
+    category of ``excerpt_seconds`` each, unless ``listening`` is false).
+    """
+    from mss_tools.errors import BadInput
+    from mss_tools.progress import log
+    from mss_tools.report import stats
+    from mss_tools.report.tables import MODELS_COLUMNS, model_rows, track_set_warning
 
-def table_rows(documents: Sequence[dict], labels: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per (source, model, metric): median of track values, mean, number of tracks."""
-    rows = []
-    stems = []
-    for document in documents:
-        stems += [s for s in document["aggregate"] if s not in stems]
-    for stem in stems:
-        for document, label in zip(documents, labels):
-            metrics = document["aggregate"].get(stem, {})
-            for metric in sorted(metrics, key=lambda m: METRIC_ORDER.index(m) if m in METRIC_ORDER else 99):
-                values = metrics[metric]
-                rows.append({"source": stem, "model": label, "metric": metric, "median": values["median"],
-                             "mean": values["mean"], "tracks": values["tracks"]})
-    return rows
+    if excerpt_seconds <= 0:
+        raise BadInput(f"--excerpt-seconds must be positive, not {excerpt_seconds}")
+    if not 1 <= excerpts <= MAX_EXCERPTS:
+        raise BadInput(f"--excerpts must be between 1 and {MAX_EXCERPTS}, not {excerpts}")
+    if bootstrap < 0:
+        raise BadInput(f"--bootstrap must be 0 or more, not {bootstrap}")
+    runs = load_runs(paths)
+    rows = table_rows(runs)
+    warning = track_set_warning(runs)
+    comparisons = stats.all_pairs(runs, bootstrap, seed) if len(runs) > 1 else []
+    text = markdown_tables(rows, {run.label: run.info for run in runs})
+    if warning:
+        text += f"\n{warning}\n"
+    if len(runs) > 1:
+        text += "\n## Paired statistics\n\n" + stats.markdown(comparisons, bootstrap, seed)
+    if output is None:
+        return text
 
+    from mss_tools.report import html, plots
+    from mss_tools.report import listening as listening_module
 
-def _fmt(value: float) -> str:
-    return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
-
-
-def markdown_tables(rows: list[dict[str, Any]]) -> str:
-    """A Markdown table per source: models as rows, ``metric median / mean`` as columns (dB)."""
-    out = []
-    for stem in dict.fromkeys(r["source"] for r in rows):
-        stem_rows = [r for r in rows if r["source"] == stem]
-        metrics = list(dict.fromkeys(r["metric"] for r in stem_rows))
-        models = list(dict.fromkeys(r["model"] for r in stem_rows))
-        out.append(f"### {stem}\n")
-        out.append("| model | " + " | ".join(f"{m} median | {m} mean" for m in metrics) + " | tracks |")
-        out.append("|---|" + "---:|" * (2 * len(metrics)) + "---:|")
-        for model in models:
-            cells, tracks = [], 0
-            for metric in metrics:
-                match = [r for r in stem_rows if r["model"] == model and r["metric"] == metric]
-                cells += [_fmt(match[0]["median"]), _fmt(match[0]["mean"])] if match else ["", ""]
-                tracks = max([tracks] + [r["tracks"] for r in match])
-            out.append(f"| {model} | " + " | ".join(cells) + f" | {tracks} |")
-        out.append("")
-    out.append("Values in dB: median over frames per track, then median (SiSEC) or mean over tracks.")
-    return "\n".join(out) + "\n"
-
-
-def csv_text(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["source", "model", "metric", "median", "mean", "tracks"])
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def markdown_summary(documents: Sequence[dict], paths: Sequence[str]) -> str:
-    return markdown_tables(table_rows(documents, [label_of(p) for p in paths]))
-
-
-def compare(paths: Sequence[str], output: str | os.PathLike | None = None) -> str:
-    """Markdown tables of the score files ``paths``; with ``output`` (a folder) also CSV and Markdown files."""
-    if not paths:
-        raise BadInput("no score files given")
-    labels = [label_of(p) for p in paths]
-    if len(set(labels)) != len(labels):
-        raise BadInput("score files must have distinct names (the file name labels the model)")
-    rows = table_rows([load_scores(p) for p in paths], labels)
-    text = markdown_tables(rows)
-    if output is not None:
-        folder = Path(output)
-        folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / "results.csv", csv_text(rows))
-        _atomic_write(folder / "RESULTS.md", "# Results\n\n" + text)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_text(folder / "results.csv", csv_text(rows))
+    write_text(folder / "models.csv", csv_text(model_rows(runs), MODELS_COLUMNS))
+    write_text(folder / "pairs.csv", stats.csv_text(comparisons))
+    log.info("plotting")
+    figures = [p for p in [plots.sdr_boxplots(runs, folder / "plots")] if p is not None]
+    figures += plots.paired_difference_plots(runs, folder / "plots")
+    figure_links = "".join(f"\n![{p.title}]({p.png.relative_to(folder).as_posix()})\n\n{p.caption}\n"
+                           for p in figures)
+    write_text(folder / "RESULTS.md", "# Results\n\n" + text + ("\n## Plots\n" + figure_links if figures else ""))
+    clips = None
+    if listening:
+        log.info("choosing and rendering listening excerpts")
+        clips = listening_module.build(runs, excerpt_seconds, excerpts)
+    page = html.render(runs, rows, warning, comparisons, bootstrap, seed, figures, folder, clips, excerpt_seconds)
+    write_text(folder / "index.html", page)
+    log.info("wrote %s", folder / "index.html")
     return text
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+def markdown_summary(documents: Sequence[dict], paths: Sequence[str | os.PathLike]) -> str:
+    """The per-source Markdown tables of score documents already in memory (labelled by ``paths``)."""
+    from mss_tools.report.runs import run_of
+
+    runs = [run_of(document, path) for document, path in zip(documents, paths)]
+    return markdown_tables(table_rows(runs), {run.label: run.info for run in runs})
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name, then rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

@@ -1,0 +1,174 @@
+"""Figures of a comparison, each saved as PNG and SVG (matplotlib, Agg; imported only when plotting).
+
+- ``sdr_boxplots``: SiSEC-style boxplots of framewise ``sdr`` (every frame of every track, NaN
+  frames dropped), one panel per source, one box per model.
+- ``paired_difference_plots``: per pair of models, per source, the per-track difference of
+  ``sdr`` (the track's median over frames; ``usdr`` where there is no ``sdr``) as sorted bars
+  around a zero line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mss_tools.report.runs import Run
+from mss_tools.report.stats import paired_differences
+from mss_tools.report.tables import sources_of
+
+PANEL_WIDTH = 3.6  # inches per source panel
+MAX_TRACK_LABELS = 60
+WHISKER_MARGIN = 0.25  # the axis spans the whiskers plus this fraction of their range on each side
+POSITIVE, NEGATIVE = "#2b7bba", "#e07b39"
+
+
+@dataclass
+class Plot:
+    """A figure written as ``png`` and ``svg`` (paths), with a title and a caption for the report."""
+
+    title: str
+    png: Path
+    svg: Path
+    caption: str
+
+
+def _colors(count: int) -> list:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return [palette(i % 10) for i in range(count)]
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe version of a label."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "model"
+
+
+def save(figure, folder: Path, name: str) -> tuple[Path, Path]:
+    """Write ``figure`` as ``<folder>/<name>.png`` and ``.svg`` (each under a temporary name, then renamed)."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    figure.draw_without_rendering()  # run the constrained layout once, then keep it for both formats
+    figure.set_layout_engine("none")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with matplotlib.rc_context({"svg.hashsalt": "mss-compare", "svg.fonttype": "none"}):
+        for extension, metadata in (("png", {"Software": None}), ("svg", {"Date": None})):
+            path = folder / f"{name}.{extension}"
+            tmp = folder / f".{name}.{os.getpid()}.tmp.{extension}"
+            figure.savefig(tmp, format=extension, dpi=110, metadata=metadata)
+            os.replace(tmp, path)
+            paths.append(path)
+    return paths[0], paths[1]
+
+
+def sdr_boxplots(runs: Sequence[Run], folder: Path) -> Plot | None:
+    """Boxplots of every finite framewise ``sdr`` per source (panel) and model (box); ``None`` without frames."""
+    from matplotlib.figure import Figure
+
+    sources = [s for s in sources_of(runs) if any(run.frames(s, "sdr") for run in runs)]
+    if not sources:
+        return None
+    colors = _colors(len(runs))
+    figure = Figure(figsize=(PANEL_WIDTH * len(sources) + 1.2, 0.45 * len(runs) + 1.6), layout="constrained")
+    axes = figure.subplots(1, len(sources), sharey=True, squeeze=False)[0]
+    clipped = False
+    for ax, source in zip(axes, sources):
+        data, positions, facecolors = [], [], []
+        for index, run in enumerate(runs):
+            frames = run.frames(source, "sdr")
+            values = np.concatenate(list(frames.values())) if frames else np.zeros(0)
+            values = values[np.isfinite(values)]
+            if values.size:
+                data.append(values)
+                positions.append(len(runs) - index)
+                facecolors.append(colors[index])
+        if data:
+            boxes = ax.boxplot(data, positions=positions, orientation="horizontal", widths=0.6, patch_artist=True,
+                               whis=1.5, flierprops={"marker": ".", "markersize": 2, "alpha": 0.4},
+                               medianprops={"color": "black"})
+            for patch, color in zip(boxes["boxes"], facecolors):
+                patch.set_facecolor((*color[:3], 0.55))
+            ends = np.concatenate([line.get_xdata() for line in boxes["whiskers"]])
+            margin = WHISKER_MARGIN * max(float(ends.max() - ends.min()), 1.0)
+            low, high = float(ends.min()) - margin, float(ends.max()) + margin
+            every = np.concatenate(data)
+            hidden = int((every < low).sum() + (every > high).sum())
+            if hidden:
+                clipped = True
+                ax.text(0.01, 0.01, f"{hidden} frame{'s' if hidden > 1 else ''} beyond the axis",
+                        transform=ax.transAxes, fontsize=7, color="0.35", va="bottom")
+            ax.set_xlim(low, high)
+        ax.axvline(0.0, color="0.6", linewidth=0.8, zorder=0)
+        ax.set_title(source)
+        ax.set_xlabel("sdr per frame (dB)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(runs), 0, -1), [run.label for run in runs])
+    axes[0].set_ylim(0.4, len(runs) + 0.6)
+    png, svg = save(figure, folder, "sdr_boxplot")
+    caption = ("Framewise sdr (BSSEval v4, 1 s frames) of every frame of every track; NaN frames dropped. "
+               "Boxes: quartiles and median; whiskers: 1.5 IQR; dots: frames beyond.")
+    if clipped:
+        caption += " The axis spans the whiskers with some room; frames beyond it are counted in the panel."
+    return Plot("Framewise sdr per source and model", png, svg, caption)
+
+
+def pair_metric(a: Run, b: Run, source: str) -> str | None:
+    """``sdr`` when both runs have it for ``source``, else ``usdr``, else ``None``."""
+    for metric in ("sdr", "usdr"):
+        if metric in a.metrics(source) and metric in b.metrics(source):
+            return metric
+    return None
+
+
+def paired_difference_plots(runs: Sequence[Run], folder: Path) -> list[Plot]:
+    """One figure per pair of models: per source, sorted per-track differences ``A - B`` (dB)."""
+    from matplotlib.figure import Figure
+
+    plots = []
+    for number, (a, b) in enumerate(combinations(runs, 2), start=1):
+        panels = []
+        for source in sources_of(runs):
+            metric = pair_metric(a, b, source)
+            if metric is None:
+                continue
+            tracks, diff = paired_differences(a.track_values(source, metric), b.track_values(source, metric))
+            if diff.size:
+                panels.append((source, metric, tracks, diff))
+        if not panels:
+            continue
+        most = max(p[3].size for p in panels)
+        figure = Figure(figsize=(PANEL_WIDTH * len(panels) + 1.5, max(2.6, 0.2 * most + 1.4)), layout="constrained")
+        axes = figure.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (source, metric, tracks, diff) in zip(axes, panels):
+            order = np.argsort(diff, kind="stable")
+            values = diff[order]
+            rows = np.arange(values.size)
+            ax.barh(rows, values, color=[POSITIVE if v > 0 else NEGATIVE for v in values], height=0.75)
+            ax.axvline(0.0, color="black", linewidth=0.9)
+            if values.size <= MAX_TRACK_LABELS:
+                ax.set_yticks(rows, [_short(tracks[i]) for i in order], fontsize=7)
+            else:
+                ax.set_yticks([])
+            ax.set_ylim(-0.7, max(values.size, 1) - 0.3)
+            ax.set_title(f"{source}: n={values.size}, median {np.median(values):+.2f} dB", fontsize=10)
+            ax.set_xlabel(f"{metric} {a.label} − {b.label} (dB)")
+            ax.grid(axis="x", alpha=0.3)
+        figure.suptitle(f"{a.label} − {b.label}, per track (right of zero: {a.label} better)")
+        png, svg = save(figure, folder, f"diff_{number:02d}_{safe_name(a.label)}_vs_{safe_name(b.label)}")
+        plots.append(Plot(f"Per-track differences: {a.label} − {b.label}", png, svg,
+                          f"Per-track difference of the track's median framewise sdr (usdr where a model has no "
+                          f"sdr), sorted; blue: {a.label} better, orange: {b.label} better."))
+    return plots
+
+
+def _short(name: str, limit: int = 28) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"

@@ -1,0 +1,234 @@
+"""Score files as model runs: per-track values, framewise values, and what is known about the model.
+
+A *run* is one score file (``format="mss-scores"``, see :mod:`mss_tools.scoring`); its file
+name (without ``.json``) labels the model. Besides the scores, a run knows, when the files
+are still where the score file says:
+
+- the parameter count, from ``provenance.json`` next to the checkpoint named in ``model.checkpoint``
+  (written by ``mss train``);
+- the separation speed, from the predictions folder's ``manifest.json``: ``timing``
+  (``{"audio_seconds", "wall_seconds"}``; else the same keys summed over the ``tracks`` entries,
+  directly or under their own ``timing``), or a real-time factor under ``seconds_per_second`` /
+  ``real_time_factor`` / ``rtf`` (wall seconds per second of audio);
+- where each estimate is: the manifest's per-track ``files`` (``{stem: path relative to the
+  folder}``), else ``<predictions>/<track>/<stem>.<ext>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mss_tools.errors import BadInput
+
+SCORES_FORMAT = "mss-scores"
+METRIC_ORDER = ("sdr", "usdr", "si_sdr", "isr", "sir", "sar")
+RTF_KEYS = ("seconds_per_second", "real_time_factor", "rtf")
+
+
+def metric_sort_key(metric: str) -> tuple[int, str]:
+    return (METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER), metric)
+
+
+def load_scores(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON document of a score file; ``BadInput`` naming the file when it is missing or malformed."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise BadInput(f"{path}: no such score file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{path}: is a folder, not a score file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"{path}: not a readable score file ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != SCORES_FORMAT:
+        raise BadInput(f"{path}: not an mss score file (no format={SCORES_FORMAT!r})")
+    tracks = document.get("tracks")
+    if tracks is None and not isinstance(document.get("aggregate"), dict):
+        raise BadInput(f"{path}: score file has neither 'tracks' nor 'aggregate'")
+    if tracks is not None:
+        if not isinstance(tracks, dict):
+            raise BadInput(f"{path}: 'tracks' is not an object")
+        for track, stems in tracks.items():
+            if not isinstance(stems, dict) or not all(isinstance(v, dict) for v in stems.values()):
+                raise BadInput(f"{path}: track {track!r} does not map stems to metrics")
+    return document
+
+
+def label_of(path: str | os.PathLike) -> str:
+    """The model label of a score file: its name without the extension."""
+    return Path(path).stem
+
+
+def _number(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return number
+
+
+@dataclass
+class ModelInfo:
+    """What is known about the model behind a run; ``None`` where unknown.
+
+    ``speed``: seconds of audio separated per wall-clock second (``x`` real time).
+    """
+
+    arch: str | None = None
+    checkpoint: str | None = None
+    num_parameters: int | None = None
+    speed: float | None = None
+    device: str | None = None
+
+
+@dataclass
+class Run:
+    """One score file: ``label`` (the model), ``path`` and its ``document``."""
+
+    label: str
+    path: Path
+    document: dict[str, Any]
+    info: ModelInfo = field(default_factory=ModelInfo)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tracks(self) -> dict[str, dict[str, Any]]:
+        return self.document.get("tracks") or {}
+
+    @property
+    def stems(self) -> list[str]:
+        names: list[str] = []
+        for stems in self.tracks.values():
+            names += [s for s in stems if s not in names]
+        for stem in self.document.get("aggregate") or {}:
+            if stem not in names:
+                names.append(stem)
+        return names
+
+    def metrics(self, stem: str) -> list[str]:
+        """Metrics with a per-track value for ``stem``, in the report's order."""
+        found = {m for stems in self.tracks.values() for m in stems.get(stem, {}) if m != "frames"}
+        if not found:
+            found = set((self.document.get("aggregate") or {}).get(stem, {}))
+        return sorted(found, key=metric_sort_key)
+
+    def track_values(self, stem: str, metric: str) -> dict[str, float]:
+        """``{track: value}`` (dB; NaN when the score file holds null) of one stem and metric."""
+        return {track: _number(stems[stem][metric]) for track, stems in self.tracks.items()
+                if stem in stems and metric in stems[stem]}
+
+    def frames(self, stem: str, metric: str = "sdr") -> dict[str, np.ndarray]:
+        """``{track: (frames,) float64}`` framewise values (NaN where the score file holds null)."""
+        out = {}
+        for track, stems in self.tracks.items():
+            values = (stems.get(stem, {}).get("frames") or {}).get(metric)
+            if values is not None:
+                out[track] = np.array([_number(v) for v in values], dtype=np.float64)
+        return out
+
+    @property
+    def hop_seconds(self) -> float:
+        return float(self.document.get("hop_seconds") or 1.0)
+
+    @property
+    def window_seconds(self) -> float:
+        return float(self.document.get("window_seconds") or self.hop_seconds)
+
+    @property
+    def predictions(self) -> Path | None:
+        folder = self.document.get("predictions")
+        return Path(folder) if folder else None
+
+    @property
+    def references(self) -> Path | None:
+        path = self.document.get("references")
+        return Path(path) if path else None
+
+    def estimate_path(self, track: str, stem: str) -> Path | None:
+        """The audio file of this model's estimate of ``stem`` in ``track``, or ``None`` when it does not exist."""
+        folder = self.predictions
+        if folder is None:
+            return None
+        for entry in self.manifest.get("tracks") or []:
+            if isinstance(entry, dict) and entry.get("track") == track and isinstance(entry.get("files"), dict):
+                named = entry["files"].get(stem)
+                if named and (folder / named).is_file():
+                    return folder / named
+        from mss_tools.audio import AUDIO_EXTENSIONS
+
+        for extension in AUDIO_EXTENSIONS:
+            path = folder / track / f"{stem}{extension}"
+            if path.is_file():
+                return path
+        return None
+
+
+def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
+    """Load every score file; ``BadInput`` for none, a bad file, or two files with the same label."""
+    if not paths:
+        raise BadInput("no score files given")
+    labels = [label_of(p) for p in paths]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        clashing = ", ".join(str(p) for p, label in zip(paths, labels) if label in duplicates)
+        raise BadInput(f"score files must have distinct names (the file name labels the model): {clashing}")
+    return [run_of(load_scores(path), path, label) for label, path in zip(labels, paths)]
+
+
+def run_of(document: dict[str, Any], path: str | os.PathLike, label: str | None = None) -> Run:
+    """A run of a loaded score document, with its predictions manifest and model facts where present."""
+    manifest = {}
+    if document.get("predictions"):
+        manifest = _read_json(Path(document["predictions"]) / "manifest.json")
+    return Run(label or label_of(path), Path(path), document, model_info(document, manifest), manifest)
+
+
+def model_info(document: dict[str, Any], manifest: dict[str, Any]) -> ModelInfo:
+    """Arch, checkpoint, parameter count and speed of the model behind a score document, where known."""
+    model = document.get("model") if isinstance(document.get("model"), dict) else {}
+    info = ModelInfo(arch=model.get("arch") or manifest.get("arch"),
+                     checkpoint=model.get("checkpoint") or manifest.get("checkpoint"))
+    if info.checkpoint:
+        provenance = _read_json(Path(info.checkpoint).parent / "provenance.json")
+        count = provenance.get("num_parameters")
+        if isinstance(count, (int, float)) and not isinstance(count, bool) and count >= 0:
+            info.num_parameters = int(count)
+    info.speed, info.device = separation_speed(manifest)
+    return info
+
+
+def separation_speed(manifest: dict[str, Any]) -> tuple[float | None, str | None]:
+    """(audio seconds per wall second, device) from a predictions manifest; ``(None, None)`` if untimed."""
+    timing = manifest.get("timing") if isinstance(manifest.get("timing"), dict) else {}
+    device = timing.get("device") or manifest.get("device")
+    audio_seconds = _number(timing.get("audio_seconds"))
+    wall_seconds = _number(timing.get("wall_seconds"))
+    if not (audio_seconds > 0 and wall_seconds > 0):
+        entries = [e.get("timing") if isinstance(e.get("timing"), dict) else e
+                   for e in manifest.get("tracks") or [] if isinstance(e, dict)]
+        entries = [e for e in entries if "audio_seconds" in e and "wall_seconds" in e]
+        if entries:
+            audio_seconds = sum(_number(e.get("audio_seconds")) for e in entries)
+            wall_seconds = sum(_number(e.get("wall_seconds")) for e in entries)
+    if audio_seconds > 0 and wall_seconds > 0:
+        return audio_seconds / wall_seconds, str(device) if device else None
+    for source in (timing, manifest):
+        for key in RTF_KEYS:
+            rtf = _number(source.get(key))
+            if rtf > 0:
+                return 1.0 / rtf, str(device) if device else None
+    return None, None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return document if isinstance(document, dict) else {}

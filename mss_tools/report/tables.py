@@ -1,0 +1,137 @@
+"""Summary tables: per source and model, each metric's median and mean over tracks (SiSEC).
+
+A track's value of a framewise metric is already its median over frames (written by
+``mss score``); here it is reduced over tracks: median (the SiSEC figure) and mean, NaN
+tracks ignored, ``tracks`` counting the finite ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from mss_tools.report.runs import ModelInfo, Run, metric_sort_key
+
+RESULTS_COLUMNS = ["source", "model", "metric", "median", "mean", "tracks"]
+MODELS_COLUMNS = ["model", "arch", "num_parameters", "speed_x_realtime", "device", "checkpoint", "scores"]
+
+
+def summarize(values: Sequence[float]) -> tuple[float, float, int]:
+    """(median, mean, count) of the finite ``values``; NaNs when none is finite."""
+    array = np.asarray(values, dtype=np.float64)
+    array = array[np.isfinite(array)]
+    if not array.size:
+        return math.nan, math.nan, 0
+    return float(np.median(array)), float(np.mean(array)), int(array.size)
+
+
+def sources_of(runs: Sequence[Run]) -> list[str]:
+    """Every stem of every run, in first-seen order."""
+    stems: list[str] = []
+    for run in runs:
+        stems += [s for s in run.stems if s not in stems]
+    return stems
+
+
+def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per (source, model, metric): ``median``, ``mean`` over tracks and ``tracks`` (the count)."""
+    rows = []
+    for stem in sources_of(runs):
+        for run in runs:
+            for metric in run.metrics(stem):
+                if run.tracks:
+                    median, mean, count = summarize(list(run.track_values(stem, metric).values()))
+                else:
+                    given = run.document["aggregate"][stem][metric]
+                    median, mean, count = given.get("median"), given.get("mean"), given.get("tracks", 0)
+                rows.append({"source": stem, "model": run.label, "metric": metric, "median": median,
+                             "mean": mean, "tracks": count})
+    return rows
+
+
+def fmt_db(value: float | None) -> str:
+    """A dB value with two decimals; ``nan`` for a missing one."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    return f"{value:.2f}"
+
+
+def fmt_parameters(count: int | None) -> str:
+    """``84,968`` -> ``85.0 k``; ``''`` when unknown."""
+    if count is None:
+        return ""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            return f"{count / scale:.{1 if count < 100 * scale else 0}f} {unit}"
+    return str(count)
+
+
+def fmt_speed(speed: float | None) -> str:
+    """Audio seconds per wall second as ``12.3x RT``; ``''`` when unknown."""
+    if speed is None:
+        return ""
+    return f"{speed:.3g}x RT"
+
+
+def grid(rows: list[dict[str, Any]], stem: str) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
+    """(metrics, models, {(model, metric): row}) of one source's rows."""
+    stem_rows = [r for r in rows if r["source"] == stem]
+    metrics = sorted(dict.fromkeys(r["metric"] for r in stem_rows), key=metric_sort_key)
+    models = list(dict.fromkeys(r["model"] for r in stem_rows))
+    return metrics, models, {(r["model"], r["metric"]): r for r in stem_rows}
+
+
+def markdown_tables(rows: list[dict[str, Any]], infos: dict[str, ModelInfo] | None = None) -> str:
+    """A Markdown table per source: a row per model (parameters, speed, then ``metric median | mean``)."""
+    infos = infos or {}
+    out = []
+    for stem in dict.fromkeys(r["source"] for r in rows):
+        metrics, models, cell = grid(rows, stem)
+        out.append(f"### {stem}\n")
+        out.append("| model | params | speed | " + " | ".join(f"{m} median | {m} mean" for m in metrics)
+                   + " | tracks |")
+        out.append("|---|---:|---:|" + "---:|" * (2 * len(metrics)) + "---:|")
+        for model in models:
+            info = infos.get(model, ModelInfo())
+            cells, tracks = [], 0
+            for metric in metrics:
+                row = cell.get((model, metric))
+                cells += [fmt_db(row["median"]), fmt_db(row["mean"])] if row else ["", ""]
+                tracks = max(tracks, row["tracks"] if row else 0)
+            out.append(f"| {model} | {fmt_parameters(info.num_parameters)} | {fmt_speed(info.speed)} | "
+                       + " | ".join(cells) + f" | {tracks} |")
+        out.append("")
+    out.append("Values in dB: median over frames per track, then median (SiSEC) or mean over tracks. "
+               "params: from the checkpoint's provenance.json; speed: seconds of audio separated per "
+               "wall-clock second, from the predictions' manifest.json (empty when unknown).")
+    return "\n".join(out) + "\n"
+
+
+def track_set_warning(runs: Sequence[Run]) -> str | None:
+    """A sentence when the runs were scored on different track sets, else ``None``."""
+    sets = {run.label: set(run.tracks) for run in runs}
+    if len({frozenset(s) for s in sets.values()}) <= 1:
+        return None
+    common = set.intersection(*sets.values())
+    sizes = ", ".join(f"{label} {len(s)}" for label, s in sets.items())
+    return (f"The score files cover different tracks ({sizes}; {len(common)} in common): the tables use "
+            "each model's own tracks, the paired statistics only the common ones.")
+
+
+def csv_text(rows: list[dict[str, Any]], columns: Sequence[str] = RESULTS_COLUMNS) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def model_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """One row per model: what is known about it (``None`` where unknown)."""
+    return [{"model": run.label, "arch": run.info.arch, "num_parameters": run.info.num_parameters,
+             "speed_x_realtime": run.info.speed, "device": run.info.device, "checkpoint": run.info.checkpoint,
+             "scores": str(run.path)} for run in runs]
