@@ -220,6 +220,18 @@ class StemCache:
                 raise BadInput(f"{self.path}: unknown source {name!r}; the cache has {', '.join(self.sources)}")
         return out
 
+    def read_into(self, out: np.ndarray, split: str, track: str, source: str, start: int) -> int:
+        """Read ``source`` from ``start`` into ``out`` ``(channels, n)`` without a temporary copy; returns the
+        number of frames read (fewer at the end of the track; a missing stem reads nothing)."""
+        group = self._group(split, track)
+        if source not in group:
+            return 0
+        dataset = group[source]
+        count = max(0, min(out.shape[-1], dataset.shape[-1] - start))
+        if count:
+            dataset.read_direct(out, np.s_[:, start:start + count], np.s_[:, :count])
+        return count
+
     def read_mixture(self, split: str, track: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The stored mixture ``(channels, stop - start)``."""
         return self._group(split, track)[MIXTURE][:, start:stop]

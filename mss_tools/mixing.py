@@ -178,17 +178,17 @@ def render_example(cache: StemCache, split: str, tracks: Sequence[str], example:
             continue
         track = tracks[int(example["track"][s])]
         stretch = float(example["stretch"][s])
-        need = int(round(frames * stretch))
-        start = int(example["offset"][s])
-        stop = min(cache.length(split, track), start + need)
-        chunk = np.zeros((cache.channels, need), dtype=np.float32)
-        chunk[:, : stop - start] = cache.read(split, track, start, stop, [source])[0]
-        if stretch != 1.0:
-            chunk = audio.time_stretch(chunk, stretch)
-        if example["pitch"][s] != 0:
-            chunk = audio.pitch_shift(chunk, cache.sample_rate, float(example["pitch"][s]))
-        n = min(frames, chunk.shape[-1])
-        stems[s, :, :n] = chunk[:, :n]
+        if stretch == 1.0 and example["pitch"][s] == 0:
+            cache.read_into(stems[s], split, track, source, int(example["offset"][s]))
+        else:
+            chunk = np.zeros((cache.channels, int(round(frames * stretch))), dtype=np.float32)
+            cache.read_into(chunk, split, track, source, int(example["offset"][s]))
+            if stretch != 1.0:
+                chunk = audio.time_stretch(chunk, stretch)
+            if example["pitch"][s] != 0:
+                chunk = audio.pitch_shift(chunk, cache.sample_rate, float(example["pitch"][s]))
+            n = min(frames, chunk.shape[-1])
+            stems[s, :, :n] = chunk[:, :n]
         if example["swap"][s]:
             stems[s] = stems[s, ::-1].copy()
         stems[s] *= (-1.0 if example["flip"][s] else 1.0) * float(example["gain"][s])

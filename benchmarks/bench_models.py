@@ -1,0 +1,106 @@
+"""Size and speed of every architecture at its paper-size and small preset.
+
+For each (architecture, preset): parameter count, forward and forward+backward seconds per
+second of stereo audio, and peak memory (CUDA: max allocated; CPU: peak RSS of a fresh
+subprocess, which includes the ~0.4 GB of the Python/torch runtime — compare across rows).
+
+    python benchmarks/bench_models.py                     # all, CPU, 44.1 kHz, 3 s batch 1
+    python benchmarks/bench_models.py --archs bsrnn,bsrnn_se --presets paper --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+SOURCES = ["vocals", "drums", "bass", "other"]
+
+
+def measure(arch: str, preset: str, seconds: float, sample_rate: int, batch: int, device: str, repeats: int,
+            sources: list[str]) -> dict:
+    from mss_tools.losses import get_loss
+    from mss_tools.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(arch, sources, 2, sample_rate, preset=preset).to(device)
+    loss_fn = get_loss(model.DEFAULT_LOSS)
+    x = torch.randn(batch, 2, int(seconds * sample_rate), device=device)
+    y = torch.randn(batch, len(sources), 2, x.shape[-1], device=device)
+
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def forward():
+        with torch.no_grad():
+            model(x)
+        sync()
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(x), y, model).backward()
+        sync()
+
+    timings = {}
+    for name, fn in (("forward", forward), ("forward_backward", forward_backward)):
+        fn()
+        samples = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        samples.sort()
+        timings[name] = samples[len(samples) // 2] / (seconds * batch)
+    if device.startswith("cuda"):
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"arch": arch, "preset": preset, "params": model.num_parameters, "peak_mb": round(peak, 1),
+            "fwd_s_per_s": timings["forward"], "fwd_bwd_s_per_s": timings["forward_backward"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default="unet,unet_lite,demucs_lstm,demucs_attn,bsrnn,bsrnn_se")
+    parser.add_argument("--presets", default="small,paper")
+    parser.add_argument("--seconds", type=float, default=3.0, help="audio per example")
+    parser.add_argument("--sample-rate", type=int, default=44100)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.one:
+        arch, preset = args.one.split(":")
+        sources = ["vocals"] if arch.startswith("bsrnn") and preset == "paper" else SOURCES
+        print(json.dumps(measure(arch, preset, args.seconds, args.sample_rate, args.batch, args.device,
+                                 args.repeats, sources)))
+        return
+    print(f"{args.device}, {args.threads} threads, {args.sample_rate} Hz, batch {args.batch} x {args.seconds:g} s "
+          f"stereo; seconds of compute per second of audio (median of {args.repeats})")
+    print("bsrnn*/paper are one-target (vocals) models as in the paper; the others separate 4 stems")
+    print(f"{'arch':12s} {'preset':6s} {'params':>12s} {'fwd s/s':>9s} {'f+b s/s':>9s} {'peak MB':>9s}")
+    for arch in args.archs.split(","):
+        for preset in args.presets.split(","):
+            command = [sys.executable, __file__, "--one", f"{arch}:{preset}", "--seconds", str(args.seconds),
+                       "--sample-rate", str(args.sample_rate), "--batch", str(args.batch), "--repeats",
+                       str(args.repeats), "--threads", str(args.threads), "--device", args.device]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode != 0:
+                print(f"{arch:12s} {preset:6s} failed: {result.stderr.strip().splitlines()[-1]}")
+                continue
+            row = json.loads(result.stdout.strip().splitlines()[-1])
+            print(f"{arch:12s} {preset:6s} {row['params']:12,d} {row['fwd_s_per_s']:9.3f} "
+                  f"{row['fwd_bwd_s_per_s']:9.3f} {row['peak_mb']:9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
