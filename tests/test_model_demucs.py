@@ -1,0 +1,176 @@
+"""Waveform Demucs (LSTM and attention bottlenecks): shapes, gradients, checkpoints, receptive field."""
+
+import io
+
+import pytest
+import torch
+
+from mss_tools.errors import BadInput
+from mss_tools.models import build_model
+from mss_tools.models.demucs import DemucsAttention, DemucsLSTM
+
+FOUR = ["drums", "bass", "other", "vocals"]
+ARCHS = ["demucs_lstm", "demucs_attn"]
+
+
+def tiny(arch, sources=("vocals",), audio_channels=2, **overrides):
+    """Small preset made tinier still, so each test runs in well under a second."""
+    torch.manual_seed(0)
+    overrides = {"channels": 8, "depth": 4, **overrides}
+    return build_model(arch, list(sources), audio_channels, 16000, preset="small", overrides=overrides)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("sources,audio_channels,length", [
+    (["vocals"], 2, 22049),
+    (FOUR, 2, 8001),
+    (["vocals"], 1, 8001),
+    (FOUR, 1, 22049),
+    (FOUR, 2, 1),
+])
+def test_output_shape_any_length(arch, sources, audio_channels, length):
+    model = tiny(arch, sources, audio_channels)
+    mix = torch.randn(2, audio_channels, length)
+    with torch.no_grad():
+        out = model(mix)
+    assert out.shape == (2, len(sources), audio_channels, length)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_valid_length_is_consumed_exactly(arch):
+    model = tiny(arch)
+    for length in (1, 100, 8001, 22049):
+        valid = model.valid_length(length)
+        assert valid >= length
+        assert model.valid_length(valid) == valid
+        steps = valid
+        for _ in range(model.depth):
+            assert (steps - model.kernel_size) % model.stride == 0
+            steps = (steps - model.kernel_size) // model.stride + 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradients_reach_every_parameter(arch):
+    model = tiny(arch, FOUR)
+    model.train()
+    mix = torch.randn(2, 2, 8001)
+    out = model(mix)
+    (out - torch.randn_like(out)).abs().mean().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+    assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_state_dict_round_trip(arch):
+    model = tiny(arch, FOUR).eval()
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    torch.manual_seed(123)  # a different init, so equality comes from the loaded weights
+    fresh = build_model(arch, FOUR, 2, 16000, config=model.config).eval()
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    mix = torch.randn(1, 2, 8001)
+    with torch.no_grad():
+        assert torch.equal(model(mix), fresh(mix))
+
+
+def test_lstm_state_dict_refused_by_attention_model():
+    lstm = tiny("demucs_lstm")
+    attn = tiny("demucs_attn")
+    with pytest.raises(RuntimeError, match="state_dict"):
+        attn.load_state_dict(lstm.state_dict())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unknown_option_is_bad_input(arch):
+    with pytest.raises(BadInput, match="unknown option"):
+        build_model(arch, ["vocals"], 2, 16000, preset="small", overrides={"nonsense": 1})
+    cls = DemucsLSTM if arch == "demucs_lstm" else DemucsAttention
+    with pytest.raises(BadInput):
+        cls(["vocals"], nonsense=1)
+
+
+def test_bad_options_are_bad_input():
+    with pytest.raises(BadInput):
+        tiny("demucs_lstm", context=2)
+    with pytest.raises(BadInput):
+        tiny("demucs_attn", attn_heads=7)
+    with pytest.raises(BadInput):
+        tiny("demucs_lstm", channels="many")
+    with pytest.raises(BadInput):
+        tiny("demucs_lstm")(torch.randn(1, 1, 100))
+
+
+def test_option_defaults_and_presets():
+    assert DemucsLSTM.DEFAULT_LOSS == DemucsAttention.DEFAULT_LOSS == "l1_wave"
+    for cls in (DemucsLSTM, DemucsAttention):
+        assert set(cls.PRESETS) >= {"paper", "small"}
+        for preset in cls.PRESETS.values():
+            assert set(preset) <= set(cls.DEFAULTS)
+        assert cls.DEFAULTS["channels"] == 64 and cls.DEFAULTS["depth"] == 6
+        assert cls.DEFAULTS["kernel_size"] == 8 and cls.DEFAULTS["stride"] == 4
+    assert DemucsLSTM.DEFAULTS["lstm_layers"] == 2
+
+
+@pytest.mark.parametrize("arch,expected", [
+    # Demucs v2, 4 sources, 64 channels, depth 6: 265.7 M parameters (about 1014 MiB in
+    # float32); the same configuration of the `demucs` package's Demucs class has exactly
+    # as many (checked in benchmarks/bench_demucs_peer.py).
+    ("demucs_lstm", 265_679_496),
+    ("demucs_attn", 190_171_784),
+])
+def test_paper_preset_parameter_count(arch, expected):
+    with torch.device("meta"):  # no memory; rescaling (slow on meta tensors) changes no count
+        model = build_model(arch, FOUR, 2, 44100, preset="paper", overrides={"rescale": 0.0})
+    print(f"{arch} paper preset: {model.num_parameters:,} parameters")
+    assert model.num_parameters == expected
+
+
+def test_attention_sees_the_whole_window():
+    """The last output samples depend on the first input samples only through the attention.
+
+    At initialisation that dependence is weak (the skip connections dominate) but real: the
+    gradient is exactly zero without the attention layers and clearly non-zero with them.
+    """
+    length = 22049
+    reach = {}
+    for layers in (2, 0):
+        model = tiny("demucs_attn", FOUR, normalize=False, attn_layers=layers).eval()
+        mix = torch.randn(1, 2, length, requires_grad=True)
+        model(mix)[..., -1000:].sum().backward()
+        far, near = mix.grad[..., :2048].abs().max().item(), mix.grad[..., -1000:].abs().max().item()
+        reach[layers] = far / near
+        if layers:
+            nudged = mix.detach().clone()
+            nudged[..., :2048] += 10 * torch.randn(2, 2048)
+            with torch.no_grad():
+                assert not torch.equal(model(nudged)[..., -1000:], model(mix)[..., -1000:])
+    assert reach[0] == 0.0  # the convolutions alone do not reach that far
+    assert reach[2] > 1e-7
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_normalisation_makes_output_scale_with_input(arch):
+    model = tiny(arch, FOUR).eval()
+    mix = torch.randn(1, 2, 8001)
+    with torch.no_grad():
+        out, out_scaled = model(mix), model(10 * mix)
+    torch.testing.assert_close(out_scaled, 10 * out, rtol=1e-4, atol=1e-4)
+
+
+def test_small_preset_trains_one_step():
+    torch.manual_seed(0)
+    model = build_model("demucs_lstm", ["vocals"], 2, 22050, preset="small")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    mix, target = torch.randn(2, 2, 11025), torch.randn(2, 1, 2, 11025)
+    losses = []
+    for _ in range(3):
+        loss = (model(mix) - target).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
