@@ -36,7 +36,8 @@ def test_run_all_then_rerun_then_stage(tmp_path):
     weights = exp / "unet" / "s3" / "last.pt"
     mtime = weights.stat().st_mtime_ns
 
-    again = run_recipe("run_all.sh", "--archs", "unet", "--exp", exp, *TINY, cwd=tmp_path)
+    again = run_recipe("run.sh", "--arch", "unet", "--exp", exp, *TINY, "--stop-stage", "6", "--control", "false",
+                       cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "up to date" in (logs / "0_prep.log").read_text()
     assert "nothing to do" in (logs / "4_train_s3.log").read_text()
