@@ -63,8 +63,12 @@ def model_payload(model, meta: dict[str, Any] | None = None, state_dict: dict | 
     }
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """``torch.save`` to a temporary name, fsync, then rename: a crash never leaves a partial file."""
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], previous: str | os.PathLike | None = None) -> None:
+    """``torch.save`` to a temporary name, fsync, then rename: a crash never leaves a partial file.
+
+    With ``previous``, the file being replaced is kept there (hard-linked before the rename, so
+    that ``path`` exists at every moment).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -73,6 +77,11 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if previous is not None and path.exists():
+            link = Path(previous).with_name(f".{Path(previous).name}.{os.getpid()}.tmp")
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, previous)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -384,9 +384,7 @@ def _train(cache_path, output: Path, config: TrainConfig, restart, argv, dist: D
                                "data_position": step * config.accum_steps, "rng": rngs, "stopped": stopped,
                                "epoch_sums": list(epoch_sums) if epoch_sums else None,
                                "config": json.dumps(comparable)}
-        if last_path.exists():
-            os.replace(last_path, output / "last.prev.pt")
-        ckpt.save_checkpoint(last_path, payload)
+        ckpt.save_checkpoint(last_path, payload, previous=output / "last.prev.pt")
 
     while step < total_steps:
         epoch = step // config.steps_per_epoch

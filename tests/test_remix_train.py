@@ -133,7 +133,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(demo_cache, tmp_path
     killed = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "mss_tools", *args, "-o", str(killed)], env=env,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         last = killed / "last.pt"
@@ -146,7 +146,8 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(demo_cache, tmp_path
                 break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    _, stderr = proc.communicate()
+    assert (killed / "last.pt").exists(), stderr[-2000:]
     step = torch.load(killed / "last.pt", weights_only=True)["training"]["step"]
     if step >= 12:
         pytest.skip("the run finished before it could be killed")
