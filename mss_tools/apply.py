@@ -1,15 +1,24 @@
-"""Model-agnostic inference: chunked overlap-add over whole tracks.
+"""Model-agnostic inference: streaming chunked overlap-add with test-time augmentation.
 
 Works for any :class:`~mss_tools.models.base.SeparationModel` (waveform in, stems out):
 the track is cut into ``segment``-second chunks overlapping by ``overlap``, chunks are run
-in batches, and the outputs are blended with a raised-cosine cross-fade, so memory is
-bounded by the chunk, not the track.
+in batches, and the outputs are blended with a raised-cosine cross-fade.
+:class:`StreamingSeparator` takes the mixture in blocks and hands back finished stems as
+soon as no later chunk can touch them, so memory is bounded by the chunk, not the track;
+:func:`separate_tensor` is the same on a whole track held in memory.
+
+Test-time augmentation (:class:`Pass`, :func:`tta_passes`) runs the track several times —
+time-shifted by a random delay (Demucs' "shifts"), channel-swapped, polarity-inverted —
+maps every estimate back and averages them.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -28,46 +37,297 @@ def crossfade_window(length: int, fade: int, left: bool = True, right: bool = Tr
     return window.clamp_min(1e-3).float()
 
 
-@torch.no_grad()
-def separate_tensor(model, mix: torch.Tensor, segment: float | None = None, overlap: float = 0.25,
-                    batch_size: int = 4, device: str | torch.device | None = None, progress=None) -> torch.Tensor:
-    """Separate ``mix`` ``(channels, time)`` at the model's sample rate into ``(sources, channels, time)``.
-
-    ``segment`` in seconds (default: ``model.segment``, the training segment a checkpoint
-    records, else the architecture's default); ``overlap`` is the
-    fraction of a chunk shared with the next one. The result stays on the CPU; only one
-    batch of chunks lives on ``device`` at a time.
-    """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    channels, length = mix.shape
-    chunk = max(1, int(round(default_segment(model, segment) * model.sample_rate)))
-    chunk = min(chunk, length)
-    hop = max(1, int(round(chunk * (1 - overlap))))
-    starts = list(range(0, max(length - chunk, 0) + 1, hop))
-    if starts[-1] + chunk < length:
-        starts.append(length - chunk)
-    fade = min(chunk - hop, chunk // 2)
-    out = torch.zeros(len(model.sources), channels, length)
-    weight = torch.zeros(length)
-    for first in range(0, len(starts), batch_size):
-        batch_starts = starts[first:first + batch_size]
-        batch = torch.stack([mix[:, s:s + chunk] for s in batch_starts]).to(device)
-        estimates = model(batch).float().cpu()
-        for estimate, s in zip(estimates, batch_starts):
-            window = crossfade_window(chunk, fade, left=s > 0, right=s + chunk < length)
-            out[..., s:s + chunk] += estimate * window
-            weight[s:s + chunk] += window
-        if progress is not None:
-            progress.advance(len(batch_starts))
-    return out / weight
-
-
 def default_segment(model, segment: float | None = None) -> float:
     return segment or getattr(model, "segment", None) or model.DEFAULT_SEGMENT
 
 
+def chunk_starts(length: int, chunk: int, overlap: float) -> list[int]:
+    """Start of every chunk of a ``length``-sample track; ``chunk`` is already at most ``length``.
+
+    Hops of ``chunk · (1 - overlap)``; the last chunk is moved back to end with the track.
+    """
+    starts = list(range(0, max(length - chunk, 0) + 1, chunk_hop(chunk, overlap)))
+    if starts[-1] + chunk < length:
+        starts.append(length - chunk)
+    return starts
+
+
+def chunk_hop(chunk: int, overlap: float) -> int:
+    return max(1, int(round(chunk * (1 - overlap))))
+
+
 def chunk_count(length: int, chunk: int, overlap: float) -> int:
-    chunk = min(chunk, length)
-    hop = max(1, int(round(chunk * (1 - overlap))))
-    count = len(range(0, max(length - chunk, 0) + 1, hop))
-    return count + (1 if (count - 1) * hop + chunk < length else 0)
+    return len(chunk_starts(length, min(chunk, length), overlap))
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One test-time-augmentation pass over a track.
+
+    The model sees the mixture after ``delay`` zeros (a time shift), with its channels
+    swapped (``swap``) and its polarity inverted (``invert``); :meth:`restore` undoes the
+    channel swap and the inversion on the estimate, and the separator drops the delay.
+    """
+
+    delay: int = 0
+    swap: bool = False
+    invert: bool = False
+
+    def prepare(self, mix: torch.Tensor) -> torch.Tensor:
+        """``(..., channels, time)`` -> the same, augmented."""
+        if self.swap:
+            mix = mix.flip(-2)
+        return -mix if self.invert else mix
+
+    restore = prepare  # both operations are their own inverse
+
+
+def tta_passes(shifts: int = 0, flip: bool = False, max_shift: int = 0, channels: int = 2,
+               rng: np.random.Generator | None = None) -> list[Pass]:
+    """The passes of a test-time augmentation: every delay times every flip.
+
+    ``shifts`` random delays in ``[0, max_shift]`` samples drawn from ``rng`` (none: one
+    pass without a shift); ``flip`` adds channel swap (stereo only) and polarity inversion,
+    each alone and both together, so ``max(shifts, 1) · (4 if flip else 1)`` passes for stereo.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    delays = [int(d) for d in rng.integers(0, max_shift + 1, size=shifts)] if shifts > 0 else [0]
+    swaps = (False, True) if flip and channels == 2 else (False,)
+    inverts = (False, True) if flip else (False,)
+    return [Pass(d, s, i) for d in delays for s in swaps for i in inverts]
+
+
+class _OverlapAdd:
+    """Windowed sums ``(sources, channels, ·)`` and window sums over a stretch of time that slides forward.
+
+    ``add`` accumulates at absolute sample positions at or after ``start``; ``pop`` hands
+    back the normalized first samples and moves ``start`` on. When an ``add`` would run
+    past the buffer, what is still live moves to its front (the buffer grows only if the
+    live span exceeds ``capacity``).
+    """
+
+    def __init__(self, sources: int, channels: int, capacity: int):
+        self.start = 0
+        self._head = 0  # buffer index of ``start``
+        self._end = 0   # buffer index after the furthest sample added; zeros from there on
+        self._sums = torch.zeros(sources, channels, capacity)
+        self._weights = torch.zeros(capacity)
+
+    def add(self, at: int, estimate: torch.Tensor, window: torch.Tensor) -> None:
+        if self._head + at - self.start + estimate.shape[-1] > self._weights.shape[0]:
+            self._make_room(at - self.start + estimate.shape[-1])
+        lo = self._head + at - self.start
+        hi = lo + estimate.shape[-1]
+        self._sums[..., lo:hi].addcmul_(estimate, window)
+        self._weights[lo:hi] += window
+        self._end = max(self._end, hi)
+
+    def pop(self, n: int) -> torch.Tensor:
+        out = self._sums[..., self._head:self._head + n] / self._weights[self._head:self._head + n]
+        self._head += n
+        self.start += n
+        return out
+
+    def _make_room(self, span: int) -> None:
+        live, end = self._end - self._head, self._end
+        sums, weights = self._sums[..., self._head:end], self._weights[self._head:end]
+        if span > self._weights.shape[0]:
+            self._sums = torch.zeros(*sums.shape[:-1], max(span, 2 * self._weights.shape[0]))
+            self._weights = torch.zeros(self._sums.shape[-1])
+        elif self._head < live:  # the live part overlaps the place it moves to
+            sums, weights = sums.clone(), weights.clone()
+        self._sums[..., :live] = sums
+        self._weights[:live] = weights
+        self._sums[..., live:end] = 0
+        self._weights[live:end] = 0
+        self._head, self._end = 0, live
+
+
+class _Timeline:
+    """The input blocks still needed, addressed by absolute sample position; zeros outside ``[0, received)``."""
+
+    def __init__(self):
+        self._blocks: list[tuple[int, torch.Tensor]] = []
+        self.received = 0
+
+    def append(self, block: torch.Tensor) -> None:
+        if block.shape[-1]:
+            self._blocks.append((self.received, block))
+            self.received += block.shape[-1]
+
+    def read_into(self, out: torch.Tensor, lo: int) -> None:
+        """Fill ``out`` ``(channels, n)`` with samples ``[lo, lo + n)``."""
+        hi = lo + out.shape[-1]
+        if lo < 0:
+            out[:, : min(hi, 0) - lo] = 0
+        for start, block in self._blocks:
+            a, b = max(lo, start), min(hi, start + block.shape[-1])
+            if a < b:
+                out[:, a - lo:b - lo] = block[:, a - start:b - start]
+
+    def release(self, before: int) -> None:
+        """Forget the blocks that end at or before sample ``before``."""
+        while self._blocks and self._blocks[0][0] + self._blocks[0][1].shape[-1] <= before:
+            self._blocks.pop(0)
+
+
+class _PassState:
+    """Where one pass stands: its chunk grid over the delayed track and the next chunk to run."""
+
+    def __init__(self, tta: Pass, length: int, chunk: int, overlap: float, batch_size: int, sources: int,
+                 channels: int):
+        self.tta = tta
+        self.length = length + tta.delay  # the delayed track this pass separates
+        self.chunk = min(chunk, self.length)
+        self.starts = chunk_starts(self.length, self.chunk, overlap)
+        self.fade = min(self.chunk - chunk_hop(self.chunk, overlap), self.chunk // 2)
+        self.next = 0
+        # a batch of chunks spans at most this much beyond the oldest unfinished sample
+        self.sums = _OverlapAdd(sources, channels, self.chunk + batch_size * chunk_hop(self.chunk, overlap))
+        self._windows: dict[tuple[bool, bool], torch.Tensor] = {}
+
+    def needs(self, index: int) -> tuple[int, int]:
+        """Mixture samples ``[lo, hi)`` chunk ``index`` reads (``lo < 0``: inside the delay)."""
+        lo = self.starts[index] - self.tta.delay
+        return lo, lo + self.chunk
+
+    def window(self, index: int) -> torch.Tensor:
+        key = (self.starts[index] > 0, self.starts[index] + self.chunk < self.length)
+        if key not in self._windows:
+            self._windows[key] = crossfade_window(self.chunk, self.fade, *key)
+        return self._windows[key]
+
+    def done_until(self, mixture_length: int) -> int:
+        """Mixture samples before this position have all their chunks summed."""
+        if self.next == len(self.starts):
+            return mixture_length
+        return max(0, self.starts[self.next] - self.tta.delay)
+
+
+class StreamingSeparator:
+    """Overlap-add separation of a mixture that arrives in blocks, at the model's sample rate.
+
+    ``length`` is the mixture's total length in samples (the chunk grid depends on it);
+    ``channels`` its channel count (default: the model's ``audio_channels``).
+    :meth:`push` takes ``(channels, n)`` blocks and returns the stems that are finished,
+    ``(sources, channels, m)`` with ``m`` possibly 0; after the last block :meth:`finish`
+    returns the rest. Concatenated, the returns are the separated track ``(sources,
+    channels, length)``, identical to separating it whole. Chunks run ``batch_size`` at a
+    time on ``device`` (default: the model's), drawn from every pass in the order their
+    input arrives; the result stays on the CPU. Held at once: the input of the chunks not
+    yet run and each pass's overlap-add sums back to the oldest unfinished sample — about
+    ``chunk + batch_size · hop + delay`` samples.
+    """
+
+    def __init__(self, model, length: int, segment: float | None = None, overlap: float = 0.25,
+                 batch_size: int = 4, device: str | torch.device | None = None, passes: Sequence[Pass] | None = None,
+                 progress=None, channels: int | None = None):
+        if length <= 0:
+            raise ValueError("cannot separate an empty track")
+        self.model = model
+        self.length = int(length)
+        self.batch_size = max(1, int(batch_size))
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.progress = progress
+        self.channels = channels if channels is not None else model.audio_channels
+        chunk = max(1, int(round(default_segment(model, segment) * model.sample_rate)))
+        self.passes = [_PassState(p, self.length, chunk, overlap, self.batch_size, len(model.sources), self.channels)
+                       for p in (passes or [Pass()])]
+        self.total_chunks = sum(len(p.starts) for p in self.passes)
+        self._input = _Timeline()
+        self._emitted = 0
+
+    def push(self, block: torch.Tensor) -> torch.Tensor:
+        """Add ``(channels, n)`` mixture samples; returns the stems finished so far ``(sources, channels, m)``."""
+        if block.shape[0] != self.channels:
+            raise ValueError(f"block has {block.shape[0]} channels, expected {self.channels}")
+        if self._input.received + block.shape[-1] > self.length:
+            raise ValueError(f"more than the announced {self.length} samples")
+        self._input.append(block)
+        finished = [self._emit()]
+        while self._run_batch():
+            finished.append(self._emit())
+        finished = [f for f in finished if f.shape[-1]] or finished[:1]
+        return finished[0] if len(finished) == 1 else torch.cat(finished, dim=-1)
+
+    def finish(self) -> torch.Tensor:
+        """The remaining stems; every sample of the track must have been pushed."""
+        if self._input.received != self.length:
+            raise ValueError(f"got {self._input.received} of the announced {self.length} samples")
+        return self._emit()
+
+    @torch.no_grad()
+    def _run_batch(self) -> bool:
+        """Run the next batch of chunks if one is ready; False if none is."""
+        batch = self._next_batch()
+        if not batch:
+            return False
+        mix = torch.empty(len(batch), self.channels, batch[0][0].chunk)
+        for row, (p, i) in zip(mix, batch):
+            self._input.read_into(row, p.needs(i)[0])
+            if p.tta.swap or p.tta.invert:
+                row.copy_(p.tta.prepare(row))
+        estimates = self.model(mix.to(self.device)).float().cpu()
+        for (p, i), estimate in zip(batch, estimates):
+            lo = p.needs(i)[0]
+            estimate, window = p.tta.restore(estimate), p.window(i)
+            if lo < 0:  # the delay of a shifted pass is dropped
+                estimate, window, lo = estimate[..., -lo:], window[-lo:], 0
+            p.sums.add(lo, estimate, window)
+        if self.progress is not None:
+            self.progress.advance(len(batch))
+        self._input.release(min(p.needs(p.next)[0] if p.next < len(p.starts) else self.length
+                                for p in self.passes))
+        return True
+
+    def _next_batch(self) -> list[tuple[_PassState, int]]:
+        """Up to ``batch_size`` chunks whose input has arrived, earliest input first, all of one length.
+
+        A batch short of ``batch_size`` is run only once the whole track is in (or when the
+        next chunk has another length, which happens only on tracks shorter than a chunk).
+        """
+        nexts = [p.next for p in self.passes]
+        batch: list[tuple[_PassState, int]] = []
+        run_short = self._input.received == self.length
+        while len(batch) < self.batch_size:
+            waiting = [(p.needs(nexts[k])[1], k) for k, p in enumerate(self.passes) if nexts[k] < len(p.starts)]
+            if not waiting:
+                break
+            hi, k = min(waiting)
+            if hi > self._input.received:
+                break
+            if batch and self.passes[k].chunk != batch[0][0].chunk:
+                run_short = True
+                break
+            batch.append((self.passes[k], nexts[k]))
+            nexts[k] += 1
+        if len(batch) < self.batch_size and not run_short:
+            return []
+        for p, index in zip(self.passes, nexts):
+            p.next = index
+        return batch
+
+    def _emit(self) -> torch.Tensor:
+        n = min(p.done_until(self.length) for p in self.passes) - self._emitted
+        if n <= 0:
+            return torch.zeros(len(self.model.sources), self.channels, 0)
+        self._emitted += n
+        out = self.passes[0].sums.pop(n)
+        for p in self.passes[1:]:
+            out += p.sums.pop(n)
+        return out / len(self.passes) if len(self.passes) > 1 else out
+
+
+def separate_tensor(model, mix: torch.Tensor, segment: float | None = None, overlap: float = 0.25,
+                    batch_size: int = 4, device: str | torch.device | None = None, progress=None,
+                    passes: Sequence[Pass] | None = None) -> torch.Tensor:
+    """Separate ``mix`` ``(channels, time)`` at the model's sample rate into ``(sources, channels, time)``.
+
+    ``segment`` in seconds (default: ``model.segment``, the training segment a checkpoint
+    records, else the architecture's default); ``overlap`` is the fraction of a chunk shared
+    with the next one; ``passes``: test-time augmentation (:func:`tta_passes`). The result
+    stays on the CPU; only one batch of chunks lives on ``device`` at a time.
+    """
+    separator = StreamingSeparator(model, mix.shape[-1], segment, overlap, batch_size, device, passes, progress,
+                                   channels=mix.shape[0])
+    return torch.cat([separator.push(mix), separator.finish()], dim=-1)

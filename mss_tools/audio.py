@@ -7,6 +7,7 @@ so that it can be swapped.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from functools import lru_cache
@@ -178,3 +179,178 @@ def pitch_shift(audio: np.ndarray, sample_rate: int, semitones: float) -> np.nda
     n = min(out.shape[-1], shifted.shape[-1])
     out[:, :n] = shifted[:, :n]
     return out
+
+
+# --------------------------------------------------------------------------------------
+# streaming: blockwise decoding, resampling and writing (memory bounded by the block)
+
+
+class AudioReader:
+    """Blockwise decoding of an audio file to ``(channels, n)`` float32.
+
+    ``sample_rate``, ``channels`` and ``frames`` come from the header; ``read`` seeks, and
+    ``blocks`` yields the file in order. A short read (a truncated file), a decoding error
+    or a non-finite sample raises :class:`BadInput` naming the file. Use as a context manager.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        try:
+            self._file = sf.SoundFile(self.path)
+        except Exception as exc:
+            raise BadInput(f"{path}: not a readable audio file ({_short(exc)})") from None
+        self.sample_rate = int(self._file.samplerate)
+        self.channels = int(self._file.channels)
+        self.frames = int(self._file.frames)
+        if self.frames <= 0:
+            self.close()
+            raise BadInput(f"{path}: audio file holds no samples")
+
+    def read(self, start: int, frames: int) -> np.ndarray:
+        """``(channels, frames)`` from sample ``start`` (fewer at the end of the file)."""
+        frames = min(frames, self.frames - start)
+        try:
+            if self._file.tell() != start:
+                self._file.seek(start)
+            data = self._file.read(frames, dtype="float32", always_2d=True)
+        except Exception as exc:
+            raise BadInput(f"{self.path}: cannot decode audio at sample {start} ({_short(exc)})") from None
+        if data.shape[0] != frames:
+            raise BadInput(f"{self.path}: file ends after {start + data.shape[0]} of {self.frames} samples")
+        if not np.isfinite(data).all():
+            raise BadInput(f"{self.path}: audio holds NaN or infinite samples")
+        return np.ascontiguousarray(data.T)
+
+    def blocks(self, block_frames: int, start: int = 0):
+        """Yield ``(channels, block_frames)`` blocks (the last one shorter) from ``start`` to the end."""
+        for first in range(start, self.frames, block_frames):
+            yield self.read(first, block_frames)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "AudioReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AudioWriter:
+    """Write an audio file block by block under a temporary name, renamed into place on success.
+
+    ``file_format`` is ``"wav"`` or ``"flac"`` (default: from the extension); ``subtype`` as in
+    :func:`write_audio`. Blocks are ``(channels, n)``; PCM output is clipped to [-1, 1]. Used as
+    a context manager: a clean exit renames the file (``commit``), an exception removes it.
+    """
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str = "PCM_16",
+                 file_format: str | None = None):
+        self.path = Path(path)
+        self.subtype = SUBTYPES.get(str(subtype), str(subtype))
+        fmt = (file_format or self.path.suffix.lstrip(".") or "wav").upper()
+        if fmt not in ("WAV", "FLAC"):
+            raise BadInput(f"{path}: cannot write {fmt.lower()}; choose wav or flac")
+        if fmt == "FLAC" and self.subtype == "FLOAT":
+            raise BadInput(f"{path}: FLAC cannot hold float samples; use 16 or 24 bit")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.channels = int(channels)
+        self.frames = 0
+        self._file = sf.SoundFile(str(self._tmp), "w", int(sample_rate), self.channels, self.subtype, format=fmt)
+
+    def write(self, block: np.ndarray) -> None:
+        if block.shape[-1] == 0:
+            return
+        if block.shape[0] != self.channels:
+            raise ValueError(f"{self.path}: block has {block.shape[0]} channels, the file {self.channels}")
+        data = np.asarray(block, dtype=np.float32).T
+        if self.subtype != "FLOAT":
+            data = np.clip(data, -1.0, 1.0)
+        self._file.write(data)
+        self.frames += data.shape[0]
+
+    def commit(self) -> None:
+        self._file.close()
+        os.replace(self._tmp, self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AudioWriter":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def resampled_length(length: int, orig_rate: int, new_rate: int) -> int:
+    """Samples that :func:`resample` makes of ``length`` samples: ``ceil(length * new / orig)``."""
+    g = math.gcd(int(orig_rate), int(new_rate))
+    return -(-length * (int(new_rate) // g) // (int(orig_rate) // g))
+
+
+class StreamResampler:
+    """Resample a signal that arrives in blocks; the output equals :func:`resample` of the whole.
+
+    ``push`` takes ``(..., n)`` float32 blocks (e.g. ``(channels, n)``) and returns the output
+    samples whose whole filter support has arrived; ``finish`` returns the rest (in all,
+    :func:`resampled_length` samples). The windowed-sinc filter maps each period of ``p``
+    input samples to ``q`` output samples (``p/q`` the reduced rate ratio) from input
+    ``[m·p - width, (m+1)·p + width)``, so every call resamples a slice that starts on a
+    period boundary with enough context on both sides and keeps only the periods it fully
+    covers. Equal rates pass blocks through untouched.
+    """
+
+    def __init__(self, orig_rate: int, new_rate: int):
+        self.identity = int(orig_rate) == int(new_rate)
+        self._received = 0
+        self._shape: tuple[int, ...] = ()
+        if self.identity:
+            return
+        import torchaudio.transforms
+
+        self._filter = torchaudio.transforms.Resample(int(orig_rate), int(new_rate))
+        g = math.gcd(int(orig_rate), int(new_rate))
+        self._p, self._q = int(orig_rate) // g, int(new_rate) // g
+        self._width = int(self._filter.width)
+        self._context = -(-self._width // self._p)   # periods of left context
+        self._buffer = None                           # input from sample self._start on
+        self._start = 0                               # a multiple of p
+        self._next = 0                                # first period not yet returned
+
+    def push(self, block: np.ndarray) -> np.ndarray:
+        self._received += block.shape[-1]
+        self._shape = block.shape[:-1]
+        if self.identity:
+            return block
+        block = np.asarray(block, dtype=np.float32)
+        self._buffer = block if self._buffer is None else np.concatenate([self._buffer, block], axis=-1)
+        return self._emit(max(0, (self._received - self._width) // self._p), final=False)
+
+    def finish(self) -> np.ndarray:
+        if self.identity or self._buffer is None:
+            return np.zeros(self._shape + (0,), dtype=np.float32)
+        return self._emit(-(-self._received // self._p), final=True)
+
+    def _emit(self, end: int, final: bool) -> np.ndarray:
+        """Output of periods ``[self._next, end)``."""
+        if end <= self._next:
+            return np.zeros(self._shape + (0,), dtype=np.float32)
+        import torch
+
+        first = max(0, self._next - self._context)
+        stop = self._received if final else min(self._received, end * self._p + self._width)
+        piece = self._buffer[..., first * self._p - self._start: stop - self._start]
+        out = self._filter(torch.from_numpy(np.ascontiguousarray(piece))).numpy()
+        lo = (self._next - first) * self._q
+        out = out[..., lo:] if final else out[..., lo: (end - first) * self._q]
+        self._next = end
+        keep = max(0, self._next - self._context) * self._p
+        self._buffer = self._buffer[..., keep - self._start:]
+        self._start = keep
+        return out

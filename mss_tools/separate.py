@@ -1,13 +1,29 @@
-"""``mss separate``: run a checkpoint over audio files, folders or a cache split.
+"""``mss separate``: run a checkpoint over audio files, folders, MUSDB ``.stem.mp4`` files or a cache split.
 
-Writes ``<output>/<track>/<stem>.wav`` (the layout museval reads) and
-``<output>/manifest.json`` naming the checkpoint, every input and the sample rate.
+Writes one file per stem, by default ``<output>/<track>/<stem>.wav`` (the layout museval
+and ``mss score`` read), and ``<output>/manifest.json`` naming the checkpoint, every input,
+the sample rate, the output settings and the time separation took.
+
+Tracks are streamed: the input is read in blocks, resampled to the model's rate block by
+block (:class:`~mss_tools.audio.StreamResampler`), separated chunk by chunk
+(:class:`~mss_tools.apply.StreamingSeparator`), resampled back and written block by block
+(:class:`~mss_tools.audio.AudioWriter`, renamed into place when the track is done), so
+memory is bounded by the chunk, not the track. Only ``.stem.mp4`` inputs are decoded whole.
+
+``two_stems="vocals"`` writes ``vocals`` and ``no_vocals``: the estimate and the input
+mixture minus the estimate, at the input's rate and channels, so that the two files add up
+to the input exactly (up to PCM rounding). This is not the sum of the other estimated stems:
+whatever the model leaves out of all of its stems lands in ``no_vocals`` too.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import string
+import time
+import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -16,32 +32,163 @@ import numpy as np
 import torch
 
 from mss_tools import audio
-from mss_tools.apply import chunk_count, default_segment, separate_tensor
+from mss_tools.apply import StreamingSeparator, chunk_hop, default_segment, tta_passes
 from mss_tools.cache import StemCache
 from mss_tools.checkpoint import load_model
 from mss_tools.errors import BadInput, MssError
 from mss_tools.progress import log, progress_bar
 
 PREDICTIONS_FORMAT = "mss-predictions"
+DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
+TEMPLATE_FIELDS = ("track", "stem", "ext", "model")
+STEM_MP4 = ".stem.mp4"
+MAX_SHIFT_SECONDS = 0.5
 
 
 @dataclass
 class InputTrack:
     name: str
-    path: str | None = None          # an audio file
+    path: str | None = None          # an audio file or a .stem.mp4
     cache: StemCache | None = None   # or a track of a stem cache split
     split: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.path or f"{self.cache.path}:{self.split}/{self.name}"
 
     def describe(self) -> dict:
         if self.cache is not None:
             return {"track": self.name, "cache": str(Path(self.cache.path).resolve()), "split": self.split}
         return {"track": self.name, "path": str(Path(self.path).resolve())}
 
-    def load(self) -> tuple[np.ndarray, int]:
-        """``(channels, time)`` float32 and its sample rate."""
+    def open(self):
+        """The mixture as a block source: ``sample_rate``, ``channels``, ``frames``, ``blocks(n)``, ``close()``."""
         if self.cache is not None:
-            return self.cache.read_mixture(self.split, self.name), self.cache.sample_rate
-        return audio.read_audio(self.path)
+            return _CacheMixture(self.cache, self.split, self.name)
+        if self.path.lower().endswith(STEM_MP4):
+            streams, rate = audio.read_stem_mp4(self.path)
+            return _ArrayMixture(streams[0], rate)  # stream 0 is the mixture
+        return audio.AudioReader(self.path)
+
+    def load(self) -> tuple[np.ndarray, int]:
+        """The whole mixture ``(channels, time)`` float32 and its sample rate."""
+        with self.open() as source:
+            return np.concatenate(list(source.blocks(source.frames)), axis=-1), source.sample_rate
+
+
+class _BlockSource:
+    sample_rate: int
+    channels: int
+    frames: int
+
+    def read(self, start: int, frames: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def blocks(self, block_frames: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.frames, block_frames):
+            yield self.read(start, block_frames)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _ArrayMixture(_BlockSource):
+    def __init__(self, data: np.ndarray, rate: int):
+        self._data, self.sample_rate = data, int(rate)
+        self.channels, self.frames = data.shape
+
+    def read(self, start: int, frames: int) -> np.ndarray:
+        return self._data[:, start:start + frames]
+
+
+class _CacheMixture(_BlockSource):
+    def __init__(self, cache: StemCache, split: str, track: str):
+        self._cache, self._split, self._track = cache, split, track
+        self.sample_rate = cache.sample_rate
+        self.frames = cache.length(split, track)
+        self.channels = cache.read_mixture(split, track, 0, 1).shape[0]
+
+    def read(self, start: int, frames: int) -> np.ndarray:
+        return np.asarray(self._cache.read_mixture(self._split, self._track, start, start + frames), dtype=np.float32)
+
+
+class _Fifo:
+    """Samples ``(channels, ·)`` pushed in blocks and popped in other blocks, in order."""
+
+    def __init__(self):
+        self._blocks: list[np.ndarray] = []
+
+    def push(self, block: np.ndarray) -> None:
+        self._blocks.append(block)
+
+    def pop(self, n: int) -> np.ndarray:
+        pieces = []
+        while n > 0:
+            block = self._blocks[0]
+            pieces.append(block[:, :n])
+            if block.shape[-1] <= n:
+                self._blocks.pop(0)
+            else:
+                self._blocks[0] = block[:, n:]
+            n -= pieces[-1].shape[-1]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=-1)
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What to write for each track, and where (relative to the output folder)."""
+
+    stems: tuple[str, ...]             # the files written, in order
+    two_stems: str | None = None       # writes (target, "no_" + target) when set
+    file_format: str = "wav"
+    subtype: str = "FLOAT"
+    name_template: str = DEFAULT_TEMPLATE
+    model: str = ""
+
+    def paths(self, track: str) -> dict[str, Path]:
+        return {stem: Path(self.name_template.format(track=track, stem=stem, ext=self.file_format, model=self.model))
+                for stem in self.stems}
+
+
+def output_spec(model, file_format: str = "wav", subtype: str | None = None, name_template: str = DEFAULT_TEMPLATE,
+                two_stems: str | None = None) -> OutputSpec:
+    """Check the output options against ``model``; raises :class:`BadInput` on a bad combination."""
+    file_format = file_format.lower()
+    if file_format not in ("wav", "flac"):
+        raise BadInput(f"unknown output format {file_format!r}; choose wav or flac")
+    subtype = audio.SUBTYPES.get(str(subtype), str(subtype)) if subtype else (
+        "FLOAT" if file_format == "wav" else "PCM_24")
+    if subtype not in ("PCM_16", "PCM_24", "FLOAT"):
+        raise BadInput(f"unknown sample format {subtype!r}; choose 16, 24 or float")
+    if file_format == "flac" and subtype == "FLOAT":
+        raise BadInput("FLAC cannot hold float samples; use --bits 16 or 24")
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(name_template) if field is not None}
+    except ValueError as exc:
+        raise BadInput(f"name template {name_template!r}: {exc}") from None
+    unknown = fields - set(TEMPLATE_FIELDS)
+    if unknown:
+        raise BadInput(f"name template {name_template!r}: unknown field(s) {', '.join(sorted(unknown))}; "
+                       f"use {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)}")
+    if "stem" not in fields:
+        raise BadInput(f"name template {name_template!r} must contain {{stem}}")
+    if two_stems is not None:
+        if two_stems not in model.sources:
+            raise BadInput(f"--two-stems {two_stems}: the model separates {', '.join(model.sources)}")
+        stems = (two_stems, f"no_{two_stems}")
+    else:
+        stems = tuple(model.sources)
+    spec = OutputSpec(stems, two_stems, file_format, subtype, name_template, model.arch)
+    example = spec.paths("track")[stems[0]]
+    if example.is_absolute() or ".." in example.parts:
+        raise BadInput(f"name template {name_template!r} must name a path inside the output folder")
+    return spec
 
 
 def is_stem_cache(path: Path) -> bool:
@@ -51,8 +198,12 @@ def is_stem_cache(path: Path) -> bool:
         return handle.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
+def _is_input_file(path: Path) -> bool:
+    return path.suffix.lower() in audio.AUDIO_EXTENSIONS or path.name.lower().endswith(STEM_MP4)
+
+
 def collect_inputs(inputs: Sequence[str], split: str | None) -> list[InputTrack]:
-    """Expand files, folders (audio files inside, recursively) and caches (``split``) into tracks."""
+    """Expand files, folders (audio and ``.stem.mp4`` files inside, recursively) and caches (``split``) into tracks."""
     tracks: list[InputTrack] = []
     for item in inputs:
         path = Path(item)
@@ -63,12 +214,12 @@ def collect_inputs(inputs: Sequence[str], split: str | None) -> list[InputTrack]
             chosen = split or "test"
             tracks += [InputTrack(t, cache=cache, split=chosen) for t in cache.tracks(chosen)]
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in audio.AUDIO_EXTENSIONS)
+            files = sorted(p for p in path.rglob("*") if p.is_file() and _is_input_file(p))
             if not files:
                 raise BadInput(f"{item}: folder holds no audio files")
             tracks += [InputTrack(_track_name(p, path), path=str(p)) for p in files]
         else:
-            tracks.append(InputTrack(path.stem, path=str(path)))
+            tracks.append(InputTrack(_track_name(path, path.parent), path=str(path)))
     names = [t.name for t in tracks]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -77,72 +228,143 @@ def collect_inputs(inputs: Sequence[str], split: str | None) -> list[InputTrack]
 
 
 def _track_name(path: Path, root: Path) -> str:
-    relative = path.relative_to(root).with_suffix("")
-    return "__".join(relative.parts)
+    relative = path.relative_to(root)
+    name = relative.name[: -len(STEM_MP4)] if relative.name.lower().endswith(STEM_MP4) else relative.stem
+    return "__".join(relative.parts[:-1] + (name,))
 
 
 def separate(checkpoint: str, inputs: Sequence[str], output: str | os.PathLike, split: str | None = None,
              segment: float | None = None, overlap: float = 0.25, batch_size: int = 4, device: str = "auto",
-             subtype: str = "FLOAT", force: bool = False) -> int:
-    """Separate every input track; returns the number of tracks that failed."""
+             subtype: str | None = None, force: bool = False, shifts: int = 0, tta_flip: bool = False,
+             seed: int = 0, file_format: str = "wav", name_template: str = DEFAULT_TEMPLATE,
+             two_stems: str | None = None) -> int:
+    """Separate every input track; returns the number of tracks that failed.
+
+    ``subtype``: ``PCM_16``, ``PCM_24`` or ``FLOAT`` (default: float for wav, 24-bit for
+    flac); ``shifts``: random time shifts of up to 0.5 s averaged, drawn from ``seed`` and
+    the track's name; ``tta_flip``: also average channel-swapped and polarity-inverted
+    passes; ``two_stems``: write that source and ``no_<source>`` (= input − estimate) only.
+    """
     from mss_tools.training import resolve_device
 
     output = Path(output)
     model = load_model(checkpoint).to(resolve_device(device))
+    spec = output_spec(model, file_format, subtype, name_template, two_stems)
     tracks = collect_inputs(inputs, split)
+    files = {t.name: spec.paths(t.name) for t in tracks}
+    clashes = _clashes(files)
+    if clashes:
+        raise BadInput(f"name template {name_template!r} gives several outputs the same file: {clashes[0]}")
+    segment = default_segment(model, segment)
+    settings = {"segment": segment, "overlap": overlap, "shifts": shifts, "tta_flip": tta_flip, "seed": seed,
+                "audio_format": spec.file_format, "subtype": spec.subtype, "name_template": name_template,
+                "two_stems": two_stems}
     stamp = _checkpoint_stamp(checkpoint)
     manifest_path = output / "manifest.json"
     manifest = _read_manifest(manifest_path)
-    if manifest.get("checkpoint_stamp") != stamp:
-        manifest = {}
+    if manifest.get("checkpoint_stamp") != stamp or any(manifest.get(k) != v for k, v in settings.items()):
+        manifest = {}  # made another way: every track is separated again
     done = {entry["track"] for entry in manifest.get("tracks", [])}
     output.mkdir(parents=True, exist_ok=True)
     manifest.update({
         "format": PREDICTIONS_FORMAT, "format_version": 1, "checkpoint": str(Path(checkpoint).resolve()),
-        "checkpoint_stamp": stamp, "arch": model.arch, "sources": model.sources,
-        "model_sample_rate": model.sample_rate, "segment": default_segment(model, segment), "overlap": overlap,
+        "checkpoint_stamp": stamp, "arch": model.arch, "sources": model.sources, "stems": list(spec.stems),
+        "model_sample_rate": model.sample_rate, **settings,
     })
     manifest.setdefault("tracks", [])
     failures = 0
     for track in tracks:
-        if not force and track.name in done and _stems_present(output / track.name, model.sources):
+        paths = {stem: output / p for stem, p in files[track.name].items()}
+        if not force and track.name in done and all(p.exists() for p in paths.values()):
             log.info("%s: already separated", track.name)
             continue
+        rng = np.random.default_rng([seed, zlib.crc32(track.name.encode())])
+        passes = tta_passes(shifts, tta_flip, int(MAX_SHIFT_SECONDS * model.sample_rate), model.audio_channels, rng)
         try:
-            rate = separate_track(model, track, output / track.name, segment, overlap, batch_size, subtype)
+            entry = separate_track(model, track, paths, spec, segment, overlap, batch_size, passes)
         except (MssError, OSError, RuntimeError) as exc:
             failures += 1
-            log.error("%s: %s", track.path or track.name, exc)
+            message = str(exc)
+            log.error("%s: %s", track.name, message if track.label in message else f"{track.label}: {message}")
             continue
-        entry = track.describe() | {"sample_rate": rate}
+        entry = track.describe() | entry | {"files": {s: str(p) for s, p in files[track.name].items()}}
         manifest["tracks"] = [e for e in manifest["tracks"] if e["track"] != track.name] + [entry]
-        manifest["sample_rate"] = rate
+        manifest["sample_rate"] = entry["sample_rate"]
+        manifest["timing"] = {key: round(sum(e.get(key, 0.0) for e in manifest["tracks"]), 3)
+                              for key in ("audio_seconds", "wall_seconds")}
         _write_manifest(manifest_path, manifest)
     if failures:
         log.error("%d of %d tracks failed", failures, len(tracks))
     return failures
 
 
-def separate_track(model, track: InputTrack, folder: Path, segment: float | None, overlap: float,
-                   batch_size: int, subtype: str) -> int:
-    """Separate one track at its own rate and channel count; returns the rate written."""
-    mixture, rate = track.load()
-    channels = mixture.shape[0]
-    if channels > 2:
-        raise BadInput(f"{track.path or track.name}: {channels} channels; mss separates mono and stereo")
-    model_input = audio.resample(audio.to_channels(mixture, model.audio_channels), rate, model.sample_rate)
-    device = next(model.parameters()).device
-    chunk = int(round(default_segment(model, segment) * model.sample_rate))
-    with progress_bar(chunk_count(model_input.shape[-1], chunk, overlap), track.name) as bar:
-        stems = separate_tensor(model, torch.from_numpy(model_input), segment, overlap, batch_size, device, bar)
-    stems = audio.resample(stems.numpy(), model.sample_rate, rate)[..., : mixture.shape[-1]]
-    for name, stem in zip(model.sources, stems):
-        audio.write_audio(folder / f"{name}.wav", audio.to_channels(stem, channels), rate, subtype)
-    return rate
+def separate_track(model, track: InputTrack, paths: dict[str, Path], spec: OutputSpec, segment: float,
+                   overlap: float, batch_size: int, passes) -> dict:
+    """Stream one track through ``model`` into ``paths`` (stem -> file) at the track's own rate and channels.
+
+    Returns ``{"sample_rate", "audio_seconds", "wall_seconds"}``.
+    """
+    started = time.perf_counter()
+    with track.open() as source:
+        rate, channels, length = source.sample_rate, source.channels, source.frames
+        if channels > 2:
+            raise BadInput(f"{track.label}: {channels} channels; mss separates mono and stereo")
+        separator = StreamingSeparator(model, audio.resampled_length(length, rate, model.sample_rate), segment,
+                                       overlap, batch_size, passes=passes)
+        to_model = audio.StreamResampler(rate, model.sample_rate)
+        to_input = audio.StreamResampler(model.sample_rate, rate)
+        index = {name: i for i, name in enumerate(model.sources)}
+        mixture = _Fifo() if spec.two_stems else None
+        block_seconds = max(1.0, batch_size * chunk_hop(int(segment * model.sample_rate), overlap) / model.sample_rate)
+        with ExitStack() as files:
+            writers = {stem: files.enter_context(audio.AudioWriter(p, rate, channels, spec.subtype, spec.file_format))
+                       for stem, p in paths.items()}
+            written = 0
+
+            def write(stems: np.ndarray) -> None:
+                """Stems ``(sources, model channels, n)`` at the input rate; the part within the track is written."""
+                nonlocal written
+                stems = stems[..., : length - written]
+                if not stems.shape[-1]:
+                    return
+                written += stems.shape[-1]
+                if spec.two_stems:
+                    target = audio.to_channels(stems[index[spec.two_stems]], channels)
+                    writers[spec.stems[0]].write(target)
+                    writers[spec.stems[1]].write(mixture.pop(target.shape[-1]) - target)
+                    return
+                for stem, writer in writers.items():
+                    writer.write(audio.to_channels(stems[index[stem]], channels))
+
+            def deliver(stems: torch.Tensor) -> None:
+                """Stems ``(sources, model channels, n)`` at the model rate, finished by the separator."""
+                write(to_input.push(stems.numpy()))
+
+            with progress_bar(separator.total_chunks, track.name) as bar:
+                separator.progress = bar
+                for block in source.blocks(max(1, int(block_seconds * rate))):
+                    if mixture is not None:
+                        mixture.push(block)
+                    model_block = to_model.push(audio.to_channels(block, model.audio_channels))
+                    deliver(separator.push(torch.from_numpy(model_block)))
+                deliver(separator.push(torch.from_numpy(to_model.finish())))
+                deliver(separator.finish())
+                write(to_input.finish())
+            if written != length:
+                raise MssError(f"{track.label}: wrote {written} of {length} samples")
+    return {"sample_rate": rate, "audio_seconds": round(length / rate, 3),
+            "wall_seconds": round(time.perf_counter() - started, 3)}
 
 
-def _stems_present(folder: Path, sources: Sequence[str]) -> bool:
-    return all((folder / f"{s}.wav").exists() for s in sources)
+def _clashes(files: dict[str, dict[str, Path]]) -> list[str]:
+    seen: dict[Path, str] = {}
+    clashes = []
+    for track, paths in files.items():
+        for path in paths.values():
+            if path in seen:
+                clashes.append(f"{path} ({seen[path]} and {track})")
+            seen[path] = track
+    return clashes
 
 
 def _checkpoint_stamp(path: str) -> str:
