@@ -248,7 +248,8 @@ def separate(checkpoint: str, inputs: Sequence[str], output: str | os.PathLike, 
     from mss_tools.training import resolve_device
 
     output = Path(output)
-    model = load_model(checkpoint).to(resolve_device(device))
+    model = (mixture_baseline(inputs) if checkpoint == MIXTURE_BASELINE else load_model(checkpoint))
+    model = model.to(resolve_device(device))
     spec = output_spec(model, file_format, subtype, name_template, two_stems)
     tracks = collect_inputs(inputs, split)
     files = {t.name: spec.paths(t.name) for t in tracks}
@@ -267,7 +268,7 @@ def separate(checkpoint: str, inputs: Sequence[str], output: str | os.PathLike, 
     done = {entry["track"] for entry in manifest.get("tracks", [])}
     output.mkdir(parents=True, exist_ok=True)
     manifest.update({
-        "format": PREDICTIONS_FORMAT, "format_version": 1, "checkpoint": str(Path(checkpoint).resolve()),
+        "format": PREDICTIONS_FORMAT, "format_version": 1, "checkpoint": checkpoint if checkpoint == MIXTURE_BASELINE else str(Path(checkpoint).resolve()),
         "checkpoint_stamp": stamp, "arch": model.arch, "sources": model.sources, "stems": list(spec.stems),
         "model_sample_rate": model.sample_rate, **settings,
     })
@@ -367,7 +368,44 @@ def _clashes(files: dict[str, dict[str, Path]]) -> list[str]:
     return clashes
 
 
+MIXTURE_BASELINE = "mixture"
+
+
+class MixtureBaseline(torch.nn.Module):
+    """The baseline every model must beat: each source's estimate is the mixture itself.
+
+    ``forward``: ``(batch, channels, time)`` -> ``(batch, sources, channels, time)``.
+    """
+
+    arch = MIXTURE_BASELINE
+    DEFAULT_SEGMENT = 10.0
+
+    def __init__(self, sources: Sequence[str], sample_rate: int, audio_channels: int = 2):
+        super().__init__()
+        self.sources = list(sources)
+        self.sample_rate = int(sample_rate)
+        self.audio_channels = audio_channels
+        self.register_buffer("anchor", torch.zeros(()))
+        self.anchor_parameter = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def forward(self, mix: torch.Tensor) -> torch.Tensor:
+        return mix.unsqueeze(1).expand(-1, len(self.sources), -1, -1).clone()
+
+
+def mixture_baseline(inputs: Sequence[str]) -> MixtureBaseline:
+    """The mixture baseline for ``inputs``: the sources and rate of the first stem cache, else MUSDB's at 44.1 kHz."""
+    from mss_tools.datasets import MUSDB_SOURCES
+
+    for item in inputs:
+        if is_stem_cache(Path(item)):
+            cache = StemCache(item)
+            return MixtureBaseline(cache.sources, cache.sample_rate, cache.channels).eval()
+    return MixtureBaseline(MUSDB_SOURCES, 44100).eval()
+
+
 def _checkpoint_stamp(path: str) -> str:
+    if path == MIXTURE_BASELINE:
+        return MIXTURE_BASELINE
     stat = Path(path).stat()
     return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 

@@ -6,9 +6,9 @@
 #   3 train s2    target + 2 distractors, warm start from s1 -> $exp/<arch>/s2
 #   4 train s3    full mixtures, warm start from s2  -> $exp/<arch>/s3
 #   5 control     no curriculum: stage 3 only, the same total steps -> $exp/<arch>/control
-#   6 separate    the test split with s3 and the control (and the mixture baseline)
-#   7 score       BSSEval v4 (--museval) -> $exp/scores/<arch>.json, <arch>_nocurriculum.json
-#   8 summary     curriculum vs control -> $exp/<arch>/summary/RESULTS.md
+#   6 separate    the test split with s3, the control, and the mixture baseline (estimate = mixture)
+#   7 score       BSSEval v4 (--museval) -> $exp/scores/<arch>.json, <arch>_nocurriculum.json, mixture.json
+#   8 summary     mixture vs curriculum vs control -> $exp/<arch>/summary/RESULTS.md
 # Training options come from recipes/conf/<preset>/<arch>.json (presets: demo for CPU minutes, lite for a
 # 4 GB GPU at 22.05 kHz, paper for the published setups at 44.1 kHz, tiny for smoke tests).
 # Every variable below is an option: --arch bsrnn_se --preset lite --musdb /data/musdb18 ...
@@ -87,6 +87,7 @@ fi
 
 runs=(s3); [ "$control" = true ] && runs+=(control)
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
+  run_step "$logs/6_separate_mixture.log" $mss separate mixture "$cache" --split test -o "$exp/mixture/preds"
   for run in "${runs[@]}"; do
     run_step "$logs/6_separate_$run.log" $mss separate "$dir/$run/best.pt" "$cache" --split test \
       --device "$device" -o "$dir/preds/$run"
@@ -96,6 +97,8 @@ fi
 score_name() { if [ "$1" = s3 ]; then echo "$arch"; else echo "${arch}_nocurriculum"; fi; }
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   museval_flag=(); [ "$museval" = true ] && museval_flag=(--museval)
+  run_step "$logs/7_score_mixture.log" $mss score "$exp/mixture/preds" "${museval_flag[@]}" -j "$jobs" \
+    -o "$exp/scores/mixture.json"
   for run in "${runs[@]}"; do
     run_step "$logs/7_score_$run.log" $mss score "$dir/preds/$run" "${museval_flag[@]}" -j "$jobs" \
       -o "$exp/scores/$(score_name "$run").json"
@@ -103,7 +106,7 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
 fi
 
 if [ $stage -le 8 ] && [ $stop_stage -ge 8 ]; then
-  files=(); for run in "${runs[@]}"; do files+=("$exp/scores/$(score_name "$run").json"); done
+  files=("$exp/scores/mixture.json"); for run in "${runs[@]}"; do files+=("$exp/scores/$(score_name "$run").json"); done
   run_step "$logs/8_summary.log" $mss compare "${files[@]}" -o "$dir/summary" --no-listening
   log "summary: $dir/summary/RESULTS.md"
 fi

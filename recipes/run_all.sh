@@ -44,7 +44,7 @@ for arch in $archs; do
 done
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
-  files=()
+  files=("$exp/scores/mixture.json")
   for arch in $archs; do
     files+=("$exp/scores/$arch.json")
     [ "$control" = true ] && files+=("$exp/scores/${arch}_nocurriculum.json")

@@ -140,3 +140,15 @@ def test_score_errors_are_one_line(trained_unet, demo_cache, tmp_path):
     result = runner.invoke(main, ["score", str(tmp_path / "p"), "--ref", str(demo_cache)])
     assert result.exit_code == 2
     assert "demo-000" in result.output and "Traceback" not in result.output
+
+
+def test_mixture_baseline_is_a_checkpoint_name(demo_cache, tmp_path):
+    preds = tmp_path / "mixture"
+    result = CliRunner().invoke(main, ["separate", "mixture", str(demo_cache), "--split", "test", "-o", str(preds)])
+    assert result.exit_code == 0, result.output
+    cache = StemCache(demo_cache)
+    track = cache.tracks("test")[0]
+    for stem in cache.sources:
+        data, rate = sf.read(preds / track / f"{stem}.wav", dtype="float32")
+        np.testing.assert_allclose(data.T, cache.read_mixture("test", track), atol=1e-6)
+    assert json.loads((preds / "manifest.json").read_text())["arch"] == "mixture"

@@ -21,6 +21,7 @@ def test_run_all_then_rerun_then_stage(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     results = (exp / "RESULTS.md").read_text()
     assert "### vocals" in results and "| unet |" in results and "| unet_nocurriculum |" in results
+    assert "| mixture |" in results
     logs = exp / "unet" / "logs"
     for step in ("0_prep", "1_remix_s1", "2_train_s1", "3_train_s2", "4_train_s3", "5_train_control",
                  "6_separate_s3", "7_score_s3", "8_summary"):
