@@ -208,14 +208,18 @@ class StemCache:
 
     def read(self, split: str, track: str, start: int = 0, stop: int | None = None,
              sources: Iterable[str] | None = None) -> np.ndarray:
-        """Stems ``(len(sources), channels, stop - start)``; a stem the track lacks reads as zeros."""
+        """Stems ``(len(sources), channels, stop - start)``; a stem the track lacks, and samples past the
+        end of the track, read as zeros."""
         group = self._group(split, track)
-        stop = group[MIXTURE].shape[-1] if stop is None else stop
+        length = group[MIXTURE].shape[-1]
+        stop = length if stop is None else stop
+        end = min(stop, length)
         names = list(self.sources if sources is None else sources)
         out = np.zeros((len(names), self.channels, stop - start), dtype=np.float32)
         for i, name in enumerate(names):
             if name in group:
-                group[name].read_direct(out, np.s_[:, start:stop], np.s_[i])
+                if end > start:
+                    group[name].read_direct(out, np.s_[:, start:end], np.s_[i, :, : end - start])
             elif name not in self.sources:
                 raise BadInput(f"{self.path}: unknown source {name!r}; the cache has {', '.join(self.sources)}")
         return out

@@ -96,8 +96,21 @@ def read_estimates(folder: Path) -> tuple[dict[str, np.ndarray], int]:
     return estimates, rates.pop()
 
 
+def evaluation_runs(stems: list[str]) -> list[list[str]]:
+    """The groups of stems evaluated jointly, as museval's ``eval_mus_track`` forms them.
+
+    With ``vocals`` and ``accompaniment`` both present, ``accompaniment`` is left out of the
+    joint run of the other stems and ``vocals``/``accompaniment`` are evaluated as a second,
+    2-source run (museval's regression case).
+    """
+    if "vocals" in stems and ACCOMPANIMENT in stems:
+        rest = [s for s in stems if s != ACCOMPANIMENT]
+        return ([rest] if len(rest) >= 2 else []) + [["vocals", ACCOMPANIMENT]]
+    return [stems]
+
+
 def score_track(folder: Path, references: ReferenceSource, split: str | None, with_museval: bool,
-                backend: str) -> dict[str, Any]:
+                backend: str, convention: str = "museval") -> dict[str, Any]:
     """Scores of one track folder: ``{stem: {metric: value, "frames": {...}}}``."""
     estimates, rate = read_estimates(folder)
     refs, ref_rate = references.load(folder.name, list(estimates), split)
@@ -117,7 +130,22 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
     result: dict[str, Any] = {s: {"usdr": usdr(refs[s], estimates[s]), "si_sdr": si_sdr(refs[s], estimates[s])}
                               for s in stems}
     if with_museval:
-        frames = _bsseval(refs, estimates, stems, rate, backend)
+        frames = {}
+        runs = evaluation_runs(stems)
+        for run in runs:
+            scores = _bsseval(refs, estimates, run, rate, backend)
+            for stem, values in scores.items():
+                # museval: the vocals/accompaniment run overwrites vocals; "separate": the first run's vocals stay
+                if stem not in frames or convention == "museval":
+                    frames[stem] = values
+        if backend == "mss":
+            from mss_tools.metrics.bsseval import ill_conditioned
+
+            for run in runs:
+                flags = ill_conditioned(np.stack([refs[s] for s in run]))
+                for stem, flag in zip(run, flags):
+                    if flag:
+                        result[stem]["ill_conditioned"] = True
     else:
         from mss_tools.metrics.bsseval import framewise_sdr
 
@@ -128,6 +156,9 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
                                   for m, values in frames[stem].items()}
         for metric, values in frames[stem].items():
             result[stem][metric] = nanmedian(np.array(values, dtype=np.float64))
+        if result[stem].get("ill_conditioned"):
+            log.warning("%s/%s: references are ill-conditioned (band-limited, mono or near-silent); isr/sir/sar "
+                        "are unstable here, in museval too — trust sdr", folder.name, stem)
     return result
 
 
@@ -155,7 +186,7 @@ def aggregate(tracks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str
     for scores in tracks.values():
         for stem, metrics in scores.items():
             for metric, value in metrics.items():
-                if metric != "frames":
+                if metric not in ("frames", "ill_conditioned"):
                     stems.setdefault(stem, {}).setdefault(metric, []).append(value)
     return {stem: {metric: {"median": nanmedian(v), "mean": nanmean(v), "tracks": int(np.isfinite(np.array(v, float)).sum())}
                    for metric, v in metrics.items()} for stem, metrics in stems.items()}
@@ -170,7 +201,8 @@ def _folder_stamp(folder: Path, with_museval: bool, backend: str) -> str:
 
 
 def score(predictions: str | os.PathLike, output: str | os.PathLike | None, references: str | None = None,
-          with_museval: bool = False, backend: str = "mss", jobs: int = 1) -> dict[str, Any]:
+          with_museval: bool = False, backend: str = "mss", jobs: int = 1,
+          convention: str = "museval") -> dict[str, Any]:
     """Score every track folder of ``predictions``; resumable through ``<output>.parts/``."""
     from mss_tools.separate import read_manifest
 
@@ -197,7 +229,7 @@ def score(predictions: str | os.PathLike, output: str | os.PathLike | None, refe
     previous = _previous(output)
     todo = []
     for folder in folders:
-        stamp = stamps[folder.name] = _folder_stamp(folder, with_museval, backend)
+        stamp = stamps[folder.name] = _folder_stamp(folder, with_museval, f"{backend}|{convention}")
         if previous.get("stamps", {}).get(folder.name) == stamp and folder.name in previous.get("tracks", {}):
             results[folder.name] = previous["tracks"][folder.name]
             continue
@@ -213,7 +245,7 @@ def score(predictions: str | os.PathLike, output: str | os.PathLike | None, refe
     failures = []
     with progress_bar(len(folders), "score") as bar:
         bar.advance(len(folders) - len(todo))
-        for (folder, part, stamp), outcome in _map(todo, source, splits, with_museval, backend, jobs):
+        for (folder, part, stamp), outcome in _map(todo, source, splits, with_museval, backend, jobs, convention):
             if isinstance(outcome, str):
                 failures.append(outcome)
                 log.error("%s", outcome)
@@ -232,10 +264,17 @@ def score(predictions: str | os.PathLike, output: str | os.PathLike | None, refe
         "backend": backend if with_museval else "mss", "museval": with_museval,
         "metrics": ["usdr", "si_sdr"] + (list(FRAMEWISE) if with_museval else ["sdr"]),
         "window_seconds": 1.0, "hop_seconds": 1.0,
+        "accompaniment_convention": (convention if with_museval else None),
+        "joint_evaluation": "the estimates present are evaluated jointly; with vocals and accompaniment both "
+                            "present, vocals/accompaniment is a separate 2-source run and "
+                            + ("its vocals scores replace the joint run's (museval, sigsep-mus-eval #65)"
+                               if convention == "museval" else "the joint run's vocals scores are kept"),
         "aggregation": "median over frames per track, then median (and mean) over tracks",
         "tracks": {name: results[name] for name in sorted(results)},
     }
     document["aggregate"] = aggregate(document["tracks"])
+    document["ill_conditioned"] = sorted(f"{track}/{stem}" for track, stems in document["tracks"].items()
+                                         for stem, values in stems.items() if values.get("ill_conditioned"))
     document["stamps"] = {name: stamps[name] for name in sorted(results)}
     manifest_path = predictions / "manifest.json"
     if manifest_path.exists():
@@ -265,21 +304,22 @@ def _previous(output) -> dict:
     return document if document.get("format") == SCORES_FORMAT else {}
 
 
-def _score_one(folder, source, split, with_museval, backend):
+def _score_one(folder, source, split, with_museval, backend, convention):
     try:
-        return score_track(folder, source, split, with_museval, backend)
+        return score_track(folder, source, split, with_museval, backend, convention)
     except MssError as exc:
         return f"{folder}: {exc}" if str(folder) not in str(exc) else str(exc)
 
 
-def _map(todo, source, splits, with_museval, backend, jobs):
+def _map(todo, source, splits, with_museval, backend, jobs, convention):
     if jobs <= 1 or len(todo) <= 1:
         for item in todo:
-            yield item, _score_one(item[0], source, splits.get(item[0].name), with_museval, backend)
+            yield item, _score_one(item[0], source, splits.get(item[0].name), with_museval, backend, convention)
         return
     context = multiprocessing.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_score_one, item[0], source, splits.get(item[0].name), with_museval, backend): item
+        futures = {pool.submit(_score_one, item[0], source, splits.get(item[0].name), with_museval, backend,
+                               convention): item
                    for item in todo}
         for future in cf.as_completed(futures):
             yield futures[future], future.result()

@@ -152,3 +152,47 @@ def test_mixture_baseline_is_a_checkpoint_name(demo_cache, tmp_path):
         data, rate = sf.read(preds / track / f"{stem}.wav", dtype="float32")
         np.testing.assert_allclose(data.T, cache.read_mixture("test", track), atol=1e-6)
     assert json.loads((preds / "manifest.json").read_text())["arch"] == "mixture"
+
+
+def test_museval_accompaniment_convention_and_joint_runs(demo_cache, tmp_path):
+    from mss_tools.scoring import evaluation_runs
+
+    assert evaluation_runs(["vocals", "drums", "bass", "other", "accompaniment"]) == [
+        ["vocals", "drums", "bass", "other"], ["vocals", "accompaniment"]]
+    assert evaluation_runs(["vocals", "accompaniment"]) == [["vocals", "accompaniment"]]
+    assert evaluation_runs(["drums", "bass"]) == [["drums", "bass"]]
+
+    cache = StemCache(demo_cache)
+    track = cache.tracks("test")[0]
+    refs = cache.read("test", track, 0, 4 * 8000)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "preds" / track
+    folder.mkdir(parents=True)
+    estimates = {}
+    for i, stem in enumerate(cache.sources):
+        estimates[stem] = refs[i] + 0.05 * rng.standard_normal(refs[i].shape).astype(np.float32)
+    estimates["accompaniment"] = refs[1:].sum(0) + 0.05 * rng.standard_normal(refs[0].shape).astype(np.float32)
+    for stem, data in estimates.items():
+        sf.write(folder / f"{stem}.wav", data.T, 8000, subtype="FLOAT")
+    ref_cache = tmp_path / "refs"
+    from mss_tools.cache import assemble_cache, write_track_part
+    write_track_part(ref_cache / "part.h5", "test", track, dict(zip(cache.sources, refs)), refs.sum(0), 8000,
+                     {"name": track, "missing": []})
+    assemble_cache(tmp_path / "refs.h5", [ref_cache / "part.h5"],
+                   {"format": "mss-stems", "format_version": 1, "sample_rate": 8000, "sources": cache.sources,
+                    "channels": 2, "rms_hop": 0.5})
+    from mss_tools.scoring import score
+
+    museval_way = score(tmp_path / "preds", None, str(tmp_path / "refs.h5"), with_museval=True)
+    separate_way = score(tmp_path / "preds", None, str(tmp_path / "refs.h5"), with_museval=True,
+                         convention="separate")
+    import museval.metrics
+    pair = np.stack([refs[0].T, (refs[1:].sum(0)).T]).astype(np.float64)
+    est_pair = np.stack([estimates["vocals"].T, estimates["accompaniment"].T]).astype(np.float64)
+    _, _, sir, _, _ = museval.metrics.bss_eval(pair, est_pair, compute_permutation=False, window=8000, hop=8000,
+                                               framewise_filters=False, bsseval_sources_version=False)
+    got = museval_way["tracks"][track]["vocals"]["frames"]["sir"]
+    np.testing.assert_allclose(got, sir[0], atol=1e-3)
+    assert separate_way["tracks"][track]["vocals"]["frames"]["sir"] != got
+    assert museval_way["accompaniment_convention"] == "museval"
+    assert separate_way["tracks"][track]["accompaniment"] == museval_way["tracks"][track]["accompaniment"]

@@ -12,10 +12,14 @@ from mss_tools.cli.common import command
 @click.option("--museval", "with_museval", is_flag=True, help="Add BSSEval v4 isr/sir/sar (sdr is always computed).")
 @click.option("--backend", type=click.Choice(["mss", "museval"]), default="mss",
               help="BSSEval v4 implementation: this project's, or the museval package (for cross-checking).")
+@click.option("--accompaniment-convention", "convention", type=click.Choice(["museval", "separate"]),
+              default="museval", help="With vocals, drums, bass, other and accompaniment all present: museval "
+              "reports vocals from the vocals/accompaniment run (sigsep-mus-eval #65); 'separate' keeps vocals "
+              "from the joint run of the stems.")
 @click.option("-j", "--jobs", type=int, default=1, help="Tracks scored in parallel.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Score file (JSON); default: print the JSON to stdout.")
-def cli(predictions, references, with_museval, backend, jobs, output):
+def cli(predictions, references, with_museval, backend, convention, jobs, output):
     """Score the separated stems in PREDICTIONS against their references.
 
     Every <track>/<stem>.wav present is an estimate; the stems of a track are evaluated
@@ -30,7 +34,7 @@ def cli(predictions, references, with_museval, backend, jobs, output):
     """
     from mss_tools.scoring import score
 
-    document = score(predictions, output, references, with_museval, backend, jobs)
+    document = score(predictions, output, references, with_museval, backend, jobs, convention)
     if output is None:
         click.echo(json.dumps(document, indent=1))
     else:
