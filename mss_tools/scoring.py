@@ -96,6 +96,32 @@ def read_estimates(folder: Path) -> tuple[dict[str, np.ndarray], int]:
     return estimates, rates.pop()
 
 
+CONDITION_LIMIT = 1e12
+
+
+def spectral_condition(reference: np.ndarray, filter_length: int = 512) -> float:
+    """A cheap estimate of the condition number of BSSEval's Gram matrix for one reference ``(channels, time)``.
+
+    The Gram matrix of ``filter_length`` delayed copies of a signal is Toeplitz, and its
+    eigenvalues follow the signal's power spectrum at that resolution, so ``max/min`` of a
+    Welch spectrum (frames of ``2 * filter_length``, summed over channels) approximates its
+    condition number; identical channels (mono content) make the stereo block singular.
+    Band-limited or mono references exceed :data:`CONDITION_LIMIT`: museval's isr/sir/sar
+    are unstable there (its ``sdr`` is not affected).
+    """
+    reference = np.asarray(reference, dtype=np.float64)
+    if reference.shape[0] > 1 and np.array_equal(reference[0], reference[1]):
+        return float("inf")
+    frame = 2 * filter_length
+    usable = reference.shape[-1] // frame * frame
+    if usable == 0:
+        return float("inf")
+    frames = reference[:, :usable].reshape(reference.shape[0], -1, frame)
+    power = (np.abs(np.fft.rfft(frames * np.hanning(frame), axis=-1)) ** 2).mean(axis=1).min(axis=0)
+    peak = power.max()
+    return float("inf") if peak == 0 else float(peak / max(power.min(), peak * 1e-300))
+
+
 def evaluation_runs(stems: list[str]) -> list[list[str]]:
     """The groups of stems evaluated jointly, as museval's ``eval_mus_track`` forms them.
 
@@ -138,14 +164,11 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
                 # museval: the vocals/accompaniment run overwrites vocals; "separate": the first run's vocals stay
                 if stem not in frames or convention == "museval":
                     frames[stem] = values
-        if backend == "mss":
-            from mss_tools.metrics.bsseval import ill_conditioned
-
-            for run in runs:
-                flags = ill_conditioned(np.stack([refs[s] for s in run]))
-                for stem, flag in zip(run, flags):
-                    if flag:
-                        result[stem]["ill_conditioned"] = True
+        conditions = {stem: spectral_condition(refs[stem]) for stem in stems}
+        for run in runs:  # sir/sar of every stem of a run come from the run's joint projection
+            if any(conditions[stem] > CONDITION_LIMIT for stem in run):
+                for stem in run:
+                    result[stem]["ill_conditioned"] = True
     else:
         from mss_tools.metrics.bsseval import framewise_sdr
 
@@ -157,8 +180,8 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
         for metric, values in frames[stem].items():
             result[stem][metric] = nanmedian(np.array(values, dtype=np.float64))
         if result[stem].get("ill_conditioned"):
-            log.warning("%s/%s: references are ill-conditioned (band-limited, mono or near-silent); isr/sir/sar "
-                        "are unstable here, in museval too — trust sdr", folder.name, stem)
+            log.warning("%s/%s: a reference of its joint evaluation is ill-conditioned (band-limited, mono or "
+                        "near-silent); isr/sir/sar are unstable there, in museval too: trust sdr", folder.name, stem)
     return result
 
 

@@ -196,3 +196,15 @@ def test_museval_accompaniment_convention_and_joint_runs(demo_cache, tmp_path):
     assert separate_way["tracks"][track]["vocals"]["frames"]["sir"] != got
     assert museval_way["accompaniment_convention"] == "museval"
     assert separate_way["tracks"][track]["accompaniment"] == museval_way["tracks"][track]["accompaniment"]
+
+
+def test_spectral_condition_flags_band_limited_and_mono_references():
+    import scipy.signal
+
+    from mss_tools.scoring import CONDITION_LIMIT, spectral_condition
+
+    noise = np.random.default_rng(0).standard_normal((2, 80000))
+    assert spectral_condition(noise) < 10
+    assert spectral_condition(np.stack([noise[0], noise[0]])) == float("inf")
+    b, a = scipy.signal.butter(8, 0.3)
+    assert spectral_condition(scipy.signal.lfilter(b, a, noise)) > CONDITION_LIMIT
