@@ -46,14 +46,15 @@ def _reset_peak() -> bool:
 
 
 def measure(fn):
-    """Run ``fn()``; return its result, wall seconds and peak RSS above the start (MiB)."""
+    """Run ``fn()``; return its result, wall seconds, CPU seconds (all threads of this
+    process) and peak RSS above the start (MiB)."""
     exact = _reset_peak()
     before = _rss_mib("VmRSS")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = _rss_mib("VmHWM") - before
-    return result, seconds, (peak if exact else float("nan"))
+    return result, seconds, cpu, (peak if exact else float("nan"))
 
 
 # --------------------------------------------------------------------------------------
@@ -158,20 +159,21 @@ def main(argv=None) -> int:
     from mss_tools.metrics.bsseval import METRICS, bss_eval_v4, gram_condition
 
     print(f"python {sys.version.split()[0]}  numpy {np.__version__}  torch {torch.__version__}  "
-          f"threads {torch.get_num_threads()}  cpus {os.cpu_count()}")
+          f"cpus {os.cpu_count()}  load average {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
     refs, ests = synthesize(args.seconds, args.sr, args.sources, args.seed)
     input_mib = (refs.nbytes + ests.nbytes) / 2 ** 20
     print(f"synthesized {args.sources} stereo sources x {args.seconds:g} s at {args.sr} Hz in "
           f"{time.perf_counter() - t0:.1f} s (references + estimates: {input_mib:.0f} MiB float64)")
 
-    ours, t_ours, mem_ours = measure(lambda: bss_eval_v4(refs, ests, args.sr, device=args.device))
-    print(f"mss bss_eval_v4   : {t_ours:8.2f} s   peak RSS +{mem_ours:7.0f} MiB   "
-          f"frames {ours['sdr'].shape[1]}")
+    ours, t_ours, cpu_ours, mem_ours = measure(lambda: bss_eval_v4(refs, ests, args.sr, device=args.device))
+    print(f"mss bss_eval_v4   : wall {t_ours:8.2f} s   cpu {cpu_ours:8.2f} s   "
+          f"peak RSS +{mem_ours:6.0f} MiB   frames {ours['sdr'].shape[1]}")
     if args.condition:
         cond = gram_condition(refs, device=args.device)
         print(f"Gram condition: joint {cond['joint']:.3g}, per source "
-              + ", ".join(f"{c:.3g}" for c in cond["per_source"]))
+              + ", ".join(f"{c:.3g}" for c in cond["per_source"])
+              + f"   (load average {os.getloadavg()[0]:.1f})")
     if args.skip_museval:
         return 0
 
@@ -184,9 +186,10 @@ def main(argv=None) -> int:
             framewise_filters=False, bsseval_sources_version=False)
         return dict(zip(METRICS, (sdr, isr, sir, sar)))
 
-    theirs, t_museval, mem_museval = measure(run_museval)
-    print(f"museval bss_eval  : {t_museval:8.2f} s   peak RSS +{mem_museval:7.0f} MiB")
-    print(f"speed-up (museval / mss): {t_museval / t_ours:.1f}x")
+    theirs, t_museval, cpu_museval, mem_museval = measure(run_museval)
+    print(f"museval bss_eval  : wall {t_museval:8.2f} s   cpu {cpu_museval:8.2f} s   "
+          f"peak RSS +{mem_museval:6.0f} MiB")
+    print(f"speed-up (museval / mss): wall {t_museval / t_ours:.1f}x   cpu {cpu_museval / cpu_ours:.1f}x")
     for name in METRICS:
         a, b = ours[name], theirs[name]
         same_nan = np.array_equal(np.isnan(a), np.isnan(b))

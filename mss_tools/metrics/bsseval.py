@@ -25,8 +25,9 @@ How it is fast (the same arithmetic, reorganised):
 
 1. One pass over the track accumulates, in the frequency domain, the cross-correlations of
    every reference channel with every reference and estimate channel for lags
-   ``-(L-1)..L-1`` only (overlap-save blocks, one batched matrix product per block of
-   frequencies), instead of one FFT of the whole track per channel pair.
+   ``-(L-1)..L-1`` only (16384-point FFT blocks plus small FFTs across block boundaries, one
+   batched matrix product per slab of frequencies), where museval takes one FFT of the
+   whole track per channel pair.
 2. The joint Gram matrix is factorised once (Cholesky) and solved for every target's filters
    at once (multiple right-hand sides); the per-target blocks are factorised as one batch.
 3. A second pass takes the FFT of the windowed references and estimates (length
@@ -34,12 +35,13 @@ How it is fast (the same arithmetic, reorganised):
    batched matrix product per frequency and gets each energy above by Parseval's theorem;
    no time-domain projection is formed. ``|s|^2`` and ``|e - s|^2`` are time-domain sums.
 
-Memory is bounded by the block sizes (a few hundred MB), not by the track length; the Gram
-matrix itself is ``(sources*channels*L)^2`` float64 (128 MiB for 4 stereo sources).
+Both passes work on blocks of windows, on as many threads as there are CPUs, so memory is
+bounded by the block size (a few hundred MB), not by the track length; the Gram matrix
+itself is ``(sources*channels*L)^2`` float64 (128 MiB for 4 stereo sources).
 
-On CPU the passes run on numpy/scipy (torch's intra-op thread pool handles thousands of
-small batched products badly, above all on a busy machine); with ``device="cuda"`` they run
-on torch. The linear algebra always runs on torch (MKL/cuSOLVER), in float64.
+On CPU the passes run on numpy/scipy (torch's intra-op thread pool copes badly with
+thousands of small batched products, above all on a busy machine); with ``device="cuda"``
+they run on torch. The linear algebra always runs on torch (MKL/cuSOLVER), in float64.
 
 Arrays follow the project's convention ``(sources, channels, time)`` (museval's is
 ``(sources, time, channels)``: convert with ``np.swapaxes(x, 1, 2)``).
@@ -54,6 +56,7 @@ from typing import Mapping
 
 import numpy as np
 import scipy.fft
+import scipy.linalg
 import torch
 
 from mss_tools.errors import BadInput
@@ -79,7 +82,7 @@ _BLOCK_BYTES = 192 << 20
 # FFT length of the correlation pass: short blocks let more of them share one matrix product.
 _CORR_FFT = 16384
 # Frequency bins per cache-sized slab of the per-frequency matrix products.
-_BAND = 256
+_BAND = 128
 # Gram condition number above which museval's isr/sir/sar are numerically unreliable
 # (see ``ill_conditioned``).
 CONDITION_THRESHOLD = 1e12
@@ -94,8 +97,11 @@ class BssEvalInputError(BadInput, ValueError):
 
 
 class _NumpyBackend:
+    """numpy (pocketfft, OpenBLAS); FFT outputs go to reusable buffers: fresh ~100 MB arrays
+    per block would cost as much in page faults as in arithmetic."""
+
     def __init__(self, threads: int):
-        self.threads = threads  # chunks run on this many threads (numpy/scipy release the GIL)
+        self.threads = threads  # blocks run on this many threads (numpy releases the GIL)
 
     def asarray(self, x: np.ndarray) -> np.ndarray:
         return x
@@ -109,15 +115,21 @@ class _NumpyBackend:
     def zeros(self, shape) -> np.ndarray:
         return np.zeros(shape, dtype=np.complex128)
 
-    def rfft(self, x: np.ndarray, n: int | None = None) -> np.ndarray:
-        return scipy.fft.rfft(x, n=n, axis=-1)
+    def empty(self, shape) -> np.ndarray:
+        return np.empty(shape, dtype=np.complex128)
+
+    def rfft(self, x: np.ndarray, n: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        return np.fft.rfft(x, n=n, axis=-1, out=out)
 
     def irfft(self, x: np.ndarray, n: int) -> np.ndarray:
-        return scipy.fft.irfft(x, n=n, axis=-1)
+        return np.fft.irfft(x, n=n, axis=-1)
 
     def freq_major(self, spec: np.ndarray, f0: int, f1: int) -> np.ndarray:
         """``spec[..., f0:f1]`` of ``(a, b, F)`` as a contiguous ``(f1 - f0, b, a)`` array."""
         return np.ascontiguousarray(spec[..., f0:f1].transpose(2, 1, 0))
+
+    def conj(self, x: np.ndarray) -> np.ndarray:
+        return np.conjugate(x)
 
     def freq_last(self, x: np.ndarray) -> np.ndarray:
         return np.moveaxis(x, 0, -1)
@@ -154,7 +166,10 @@ class _TorchBackend:
     def zeros(self, shape) -> torch.Tensor:
         return torch.zeros(shape, dtype=torch.complex128, device=self.device)
 
-    def rfft(self, x: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    def empty(self, shape) -> None:
+        return None  # outputs are allocated by torch
+
+    def rfft(self, x: torch.Tensor, n: int | None = None, out=None) -> torch.Tensor:
         return torch.fft.rfft(x, n=n, dim=-1)
 
     def irfft(self, x: torch.Tensor, n: int) -> torch.Tensor:
@@ -162,6 +177,9 @@ class _TorchBackend:
 
     def freq_major(self, spec: torch.Tensor, f0: int, f1: int) -> torch.Tensor:
         return spec[..., f0:f1].permute(2, 1, 0).contiguous()
+
+    def conj(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.conj_physical(x)
 
     def freq_last(self, x: torch.Tensor) -> torch.Tensor:
         return x.movedim(0, -1)
@@ -171,6 +189,10 @@ class _TorchBackend:
 
     def power(self, x: torch.Tensor) -> np.ndarray:
         return torch.view_as_real(x).square().sum((0, -1)).cpu().numpy()
+
+
+def _head(buffer, n: int):
+    return None if buffer is None else buffer[:n]
 
 
 def _backend(device, workers: int | None) -> tuple[_NumpyBackend | _TorchBackend, torch.device]:
@@ -242,27 +264,40 @@ def frame_bounds(n_samples: int, window: int, hop: int) -> np.ndarray:
     return np.array([[0, n_samples]], dtype=np.int64)
 
 
-def _window_chunks(bounds: np.ndarray, per_window_bytes: int):
+def _framing(n_samples: int, sample_rate: int, window: float | None, hop: float | None
+             ) -> tuple[int, int, int]:
+    """Window length, hop (samples) and number of frames of museval's framing: every window
+    is ``[i * hop, i * hop + window)`` (see :func:`frame_bounds`)."""
+    bounds = frame_bounds(n_samples, _samples(window, sample_rate, n_samples),
+                          _samples(hop, sample_rate, n_samples))
+    win = int(bounds[0, 1] - bounds[0, 0])
+    step = int(bounds[1, 0] - bounds[0, 0]) if len(bounds) > 1 else win
+    return win, step, len(bounds)
+
+
+def _window_chunks(n_frames: int, per_window_bytes: int) -> list[tuple[int, int]]:
+    """``(first, count)`` of consecutive windows whose working set fits ``_BLOCK_BYTES``."""
     step = max(1, _BLOCK_BYTES // per_window_bytes)
-    for first in range(0, len(bounds), step):
-        yield first, bounds[first:first + step]
+    return [(first, min(step, n_frames - first)) for first in range(0, n_frames, step)]
 
 
-def _silent_sources(seg: np.ndarray) -> np.ndarray:
-    """museval's silence test of ``(sources, channels, time)`` -> ``(sources,)`` bool: the
-    sum over channels is zero at every sample."""
-    return ~np.any(seg.sum(axis=1), axis=-1)
-
-
-def _fill_frames(out: np.ndarray, x: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Copy ``x[:, :, start_w:stop_w]`` into ``out[w, :, :stop_w - start_w]`` (``out``:
-    ``(windows, sources*channels, length)``, zero beyond); return ``(windows,)`` bool:
-    some source is silent in the window."""
-    silent = np.zeros(len(bounds), dtype=bool)
-    for i, (start, stop) in enumerate(bounds):
-        seg = np.asarray(x[:, :, start:stop], dtype=np.float64)
-        silent[i] = _silent_sources(seg).any()
-        out[i, :, :stop - start] = seg.reshape(-1, stop - start)
+def _fill(frames: np.ndarray, x: np.ndarray, starts, length: int) -> np.ndarray:
+    """Copy ``x[:, :, start:start + length]`` (zero past the end of ``x``) into
+    ``frames[i, :, :length]`` for each start (``frames``: ``(items, sources*channels, N)``,
+    its tail beyond ``length`` kept zero); return museval's silence test of each item,
+    ``(items, sources)`` bool: the source's sum over channels is zero at every sample."""
+    n_src, n_chan, n_samples = x.shape
+    silent = np.zeros((len(starts), n_src), dtype=bool)
+    for i, start in enumerate(starts):
+        stop = min(start + length, n_samples)
+        seg = frames[i, :, :length]
+        seg[:, :stop - start] = x[:, :, start:stop].reshape(n_src * n_chan, -1)
+        seg[:, stop - start:] = 0.0
+        by_source = seg[:, :stop - start].reshape(n_src, n_chan, -1)
+        audible = np.any(by_source[:, :, :64].sum(axis=1), axis=-1)  # music is rarely silent there
+        for j in np.flatnonzero(~audible):
+            audible[j] = np.any(by_source[j].sum(axis=0))
+        silent[i] = ~audible
     return silent
 
 
@@ -271,9 +306,10 @@ def _per_source(values: np.ndarray, n_src: int) -> np.ndarray:
     return values.reshape(n_src, -1, values.shape[-1]).sum(axis=1)
 
 
-def _sdr_terms(ref: np.ndarray, est: np.ndarray, n_src: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frames ``(windows, sources*channels, time)`` -> ``|s|^2``, ``|e - s|^2``, ``(sources, windows)``."""
-    err = est - ref
+def _sdr_terms(ref: np.ndarray, est: np.ndarray, err: np.ndarray, n_src: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ``(windows, sources*channels, time)`` -> ``|s|^2``, ``|e - s|^2`` ``(sources, windows)``;
+    ``err`` is scratch space of the same shape."""
+    np.subtract(est, ref, out=err)
     return (_per_source(np.einsum("wkt,wkt->kw", ref, ref), n_src),
             _per_source(np.einsum("wkt,wkt->kw", err, err), n_src))
 
@@ -299,11 +335,12 @@ def _track_correlations(references: np.ndarray, estimates: np.ndarray | None, fi
     (``x`` = references then estimates), and ``(1 or 2, sources)`` bool flags "silent over
     the whole track" for references (and estimates).
 
-    Overlap-save: block ``[s, s + B)`` of ``x_b`` sits at offset ``L - 1`` of an FFT frame of
-    length ``N = B + 2(L - 1)``; the matching frame of ``r_a`` holds ``[s - L + 1, s + B + L - 1)``
-    so no lag ``|k| < L`` wraps around. The ``x_b`` frame is stored circularly time-reversed,
-    which conjugates its spectrum for free, so summing ``R_a conj(X_b)`` over blocks is a plain
-    batched matrix product per frequency. The sum is inverted once at the end.
+    The track is cut into blocks of ``B`` samples. Pairs ``(n, n + k)`` inside one block come
+    from the block's FFT of length ``N >= B + L - 1`` (no lag ``|k| < L`` wraps around); pairs
+    straddling a block boundary ``p`` only involve ``x[p - L + 1:p + L - 1]``, handled with
+    FFTs of length ``M >= 3(L - 1)`` of the ``L - 1`` samples on either side. Each sum
+    ``conj(X_a) X_b`` over blocks is one batched matrix product per frequency (its inverse
+    FFT is the correlation reversed in time); it is inverted once at the end.
     """
     n_src, n_chan, n_samples = references.shape
     L = filter_length
@@ -311,50 +348,60 @@ def _track_correlations(references: np.ndarray, estimates: np.ndarray | None, fi
     signals = [references] if estimates is None else [references, estimates]
     n_cols = K * len(signals)
 
-    n_fft = scipy.fft.next_fast_len(n_samples + 2 * (L - 1), real=True)
+    n_fft = scipy.fft.next_fast_len(n_samples + L - 1, real=True)
     n_fft = min(n_fft, max(_CORR_FFT, scipy.fft.next_fast_len(4 * L, real=True)))
-    block = n_fft - 2 * (L - 1)
-    n_freq = n_fft // 2 + 1
+    n_edge = scipy.fft.next_fast_len(max(3 * (L - 1), 1), real=True)
+    block = n_fft - (L - 1)
+    n_freq, n_freq_edge = n_fft // 2 + 1, n_edge // 2 + 1
     starts = np.arange(0, n_samples, block)
-    per_block = (K + n_cols) * n_fft * 8 * 3 * be.threads
+    per_block = n_cols * n_fft * 8 * 3 * be.threads
     blocks_per_chunk = max(1, min(-(-len(starts) // be.threads), _BLOCK_BYTES // per_block))
-    top = n_fft - L + 1  # frame y[L - 1 + t] = seg[t] stored as y'[j] = y[-j mod N]: y'[top - t]
-
     chunks = [starts[i:i + blocks_per_chunk] for i in range(0, len(starts), blocks_per_chunk)]
 
     def work(task: int, n_tasks: int):
         silent = np.ones((len(signals), n_src), dtype=bool)
-        acc = be.zeros((n_freq, K, n_cols))
+        acc = be.zeros((n_freq, K, n_cols))  # sum over blocks of conj(X_a) X_b
+        acc_edge = be.zeros((n_freq_edge, K, n_cols))  # the same over block boundaries
+        frames = np.zeros((blocks_per_chunk, n_cols, n_fft))  # references then estimates
+        spec_buf = be.empty((blocks_per_chunk, n_cols, n_freq))
         for chunk_starts in chunks[task::n_tasks]:
-            lagged = np.zeros((len(chunk_starts), K, n_fft))
-            reversed_ = np.zeros((len(chunk_starts), n_cols, n_fft))
-            for i, start in enumerate(chunk_starts):
-                stop = min(start + block, n_samples)
-                lo, hi = max(start - L + 1, 0), min(start + block + L - 1, n_samples)
-                offset = lo - (start - L + 1)
-                lagged[i, :, offset:offset + hi - lo] = references[:, :, lo:hi].reshape(K, -1)
-                for s, x in enumerate(signals):
-                    seg = np.asarray(x[:, :, start:stop], dtype=np.float64)
-                    silent[s] &= _silent_sources(seg)
-                    reversed_[i, s * K:(s + 1) * K, top - (stop - start) + 1:top + 1] = \
-                        seg.reshape(K, -1)[:, ::-1]
-            spec_lagged = be.rfft(be.asarray(lagged))  # (blocks, K, F)
-            spec_conj = be.rfft(be.asarray(reversed_))  # (blocks, n_cols, F), conjugated
-            del lagged, reversed_
+            nb = len(chunk_starts)
+            for s, x in enumerate(signals):
+                silent[s] &= _fill(frames[:nb, s * K:(s + 1) * K], x, chunk_starts, block).all(axis=0)
+            spec = be.rfft(be.asarray(frames[:nb]), out=_head(spec_buf, nb))  # (blocks, n_cols, F)
             for f0 in range(0, n_freq, _BAND):
                 f1 = min(f0 + _BAND, n_freq)
-                a = be.freq_major(spec_lagged, f0, f1)  # (Fb, K, blocks)
-                b = be.freq_major(spec_conj, f0, f1)  # (Fb, n_cols, blocks)
-                acc[f0:f1] += a @ b.swapaxes(1, 2)
-            del spec_lagged, spec_conj
-        return acc, silent
+                b = be.freq_major(spec, f0, f1)  # (Fb, n_cols, blocks)
+                acc[f0:f1] += be.conj(b[:, :K]) @ b.swapaxes(1, 2)
+
+            # boundary p: left part x[p - L + 1:p] at [0, L - 1), right part x[p:p + L - 1]
+            # at [L - 1, 2L - 2) of their own frames; the straddling pairs are
+            # corr(right_a, left_b) + corr(left_a, right_b)
+            edges = [p for p in chunk_starts if p > 0]
+            if not edges or L == 1:
+                continue
+            edge_frames = np.zeros((2, len(edges), n_cols, n_edge))
+            for i, p in enumerate(edges):
+                stop = min(p + L - 1, n_samples)
+                for s, x in enumerate(signals):
+                    rows = slice(s * K, (s + 1) * K)
+                    edge_frames[0, i, rows, :L - 1] = x[:, :, p - L + 1:p].reshape(K, -1)
+                    edge_frames[1, i, rows, L - 1:L - 1 + stop - p] = x[:, :, p:stop].reshape(K, -1)
+            edge_spec = be.rfft(be.asarray(edge_frames))  # (2, edges, n_cols, M_freq)
+            left = be.freq_major(edge_spec[0], 0, n_freq_edge)  # (M_freq, n_cols, edges)
+            right = be.freq_major(edge_spec[1], 0, n_freq_edge)
+            acc_edge += be.conj(right[:, :K]) @ left.swapaxes(1, 2)
+            acc_edge += be.conj(left[:, :K]) @ right.swapaxes(1, 2)
+        return acc, acc_edge, silent
 
     results = _on_threads(work, len(chunks), be.threads)
-    acc = sum(r[0] for r in results)
-    silent = np.logical_and.reduce([r[1] for r in results])
-    corr = be.numpy(be.irfft(be.freq_last(acc), n_fft))  # (K, n_cols, N)
-    lags = np.arange(-(L - 1), L) % n_fft
-    return np.ascontiguousarray(corr[:, :, lags]), silent
+    lags = -np.arange(-(L - 1), L)  # irfft(conj(X_a) X_b)[-k] = corr[k]
+    corr = be.numpy(be.irfft(be.freq_last(sum(r[0] for r in results)), n_fft))[:, :, lags % n_fft]
+    if len(starts) > 1 and L > 1:
+        edge = be.numpy(be.irfft(be.freq_last(sum(r[1] for r in results)), n_edge))
+        corr = corr + edge[:, :, lags % n_edge]
+    silent = np.logical_and.reduce([r[2] for r in results])
+    return np.ascontiguousarray(corr), silent
 
 
 def _gram(corr_rr: np.ndarray, filter_length: int) -> np.ndarray:
@@ -384,7 +431,14 @@ def _solve_spd(gram: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     (museval's fallback, without ``eps``) if the matrix is exactly singular."""
     chol, info = torch.linalg.cholesky_ex(gram)
     if not bool(torch.any(info != 0)):
-        return torch.cholesky_solve(rhs, chol)
+        if chol.device.type != "cpu":
+            return torch.cholesky_solve(rhs, chol)
+        # LAPACK potrs through scipy is several times faster here than torch's wrapper
+        factors = chol.numpy().reshape(-1, *chol.shape[-2:])
+        rhs_np = rhs.numpy().reshape(-1, *rhs.shape[-2:])
+        out = np.stack([scipy.linalg.cho_solve((c, True), b, check_finite=False)
+                        for c, b in zip(factors, rhs_np)])
+        return torch.from_numpy(out.reshape(rhs.shape))
     try:
         return torch.linalg.solve(gram, rhs)
     except RuntimeError:
@@ -473,28 +527,29 @@ def bss_eval_v4(references, estimates, sample_rate: int, window: float = 1.0, ho
     joint, own = _distortion_filters(corr, n_src, n_chan, L, dev)
     del corr
 
-    bounds = frame_bounds(n_samples, _samples(window, sample_rate, n_samples),
-                          _samples(hop, sample_rate, n_samples))
-    longest = int((bounds[:, 1] - bounds[:, 0]).max())
-    n_fft = scipy.fft.next_fast_len(longest + L - 1, real=True)
+    win, step, n_frames = _framing(n_samples, sample_rate, window, hop)
+    n_fft = scipy.fft.next_fast_len(win + L - 1, real=True)
     n_freq = n_fft // 2 + 1
     filters = _filter_spectra(joint, own, n_fft, be)  # (F, 2K, K)
     # Parseval: sum x^2 = (2 / N) sum_f c_f |X_f|^2 with c_f = 1/2 for the unpaired DC (and
     # Nyquist) bins; scaling those input bins by sqrt(1/2) scales every output bin alike.
     unpaired = [0, n_freq - 1] if n_fft % 2 == 0 and n_freq > 1 else [0]
 
-    out = {name: np.empty((n_src, len(bounds))) for name in METRICS}
-    chunks = list(_window_chunks(bounds, 2 * K * n_fft * 8 * 3 * be.threads))
+    out = {name: np.empty((n_src, n_frames)) for name in METRICS}
+    chunks = _window_chunks(n_frames, 2 * K * n_fft * 8 * 3 * be.threads)
+    max_win = max(n for _, n in chunks)
 
     def work(task: int, n_tasks: int):
-        for first, chunk in chunks[task::n_tasks]:
-            n_win = len(chunk)
-            frames = np.zeros((n_win, 2 * K, n_fft))  # references then estimates
-            silent = (_fill_frames(frames[:, :K], references, chunk)
-                      | _fill_frames(frames[:, K:], estimates, chunk))
-            energy_ref, energy_err = _sdr_terms(frames[:, :K], frames[:, K:], n_src)
-            spec = be.rfft(be.asarray(frames))  # (W, 2K, F)
-            del frames
+        frames = np.zeros((max_win, 2 * K, n_fft))  # references then estimates
+        spec_buf = be.empty((max_win, 2 * K, n_freq))
+        err_buf = np.empty((max_win, K, win))
+        for first, n_win in chunks[task::n_tasks]:
+            starts = range(first * step, (first + n_win) * step, step)
+            silent = (_fill(frames[:n_win, :K], references, starts, win).any(axis=1)
+                      | _fill(frames[:n_win, K:], estimates, starts, win).any(axis=1))
+            energy_ref, energy_err = _sdr_terms(frames[:n_win, :K, :win], frames[:n_win, K:, :win],
+                                                err_buf[:n_win], n_src)
+            spec = be.rfft(be.asarray(frames[:n_win]), out=_head(spec_buf, n_win))  # (W, 2K, F)
             spec[..., unpaired] *= math.sqrt(0.5)
 
             # sum over frequency of |p_all|^2, |p_own|^2, |p_own - s|^2, |p_all - p_own|^2 and
@@ -502,14 +557,13 @@ def bss_eval_v4(references, estimates, sample_rate: int, window: float = 1.0, ho
             powers = np.zeros((5, K, n_win))
             for f0 in range(0, n_freq, _BAND):
                 f1 = min(f0 + _BAND, n_freq)
-                z = be.freq_major(spec, f0, f1)  # (Fb, 2K, W)
+                z = be.freq_major(spec, f0, f1)  # (Fb, 2K, W): references then estimates
                 s, e = z[:, :K], z[:, K:]
                 proj = filters[f0:f1] @ s  # (Fb, 2K, W)
                 p_all, p_own = proj[:, :K], proj[:, K:]
                 diffs = be.differences([(p_own, s), (p_all, p_own), (e, p_all)])  # (Fb, 3, K, W)
                 powers[:2] += be.power(proj).reshape(2, K, n_win)
                 powers[2:] += be.power(diffs)
-            del spec
             e_all, e_own, e_spat, e_interf, e_artif = (_per_source(2 * p / n_fft, n_src) for p in powers)
             metrics = {
                 "sdr": _safe_db(energy_ref, energy_err),
@@ -536,17 +590,18 @@ def framewise_sdr(references, estimates, sample_rate: int, window: float = 1.0,
     """
     references, estimates = _check_pair(references, estimates)
     n_src, n_chan, n_samples = references.shape
-    bounds = frame_bounds(n_samples, _samples(window, sample_rate, n_samples),
-                          _samples(hop, sample_rate, n_samples))
-    longest = int((bounds[:, 1] - bounds[:, 0]).max())
-    out = np.empty((n_src, len(bounds)))
-    for first, chunk in _window_chunks(bounds, 3 * n_src * n_chan * longest * 8):
-        ref = np.zeros((len(chunk), n_src * n_chan, longest))
-        est = np.zeros_like(ref)
-        silent = _fill_frames(ref, references, chunk) | _fill_frames(est, estimates, chunk)
-        values = _safe_db(*_sdr_terms(ref, est, n_src))
+    K = n_src * n_chan
+    win, step, n_frames = _framing(n_samples, sample_rate, window, hop)
+    out = np.empty((n_src, n_frames))
+    chunks = _window_chunks(n_frames, 3 * K * win * 8)
+    ref, est, err = np.empty((3, max(n for _, n in chunks), K, win))
+    for first, n_win in chunks:
+        starts = range(first * step, (first + n_win) * step, step)
+        silent = (_fill(ref[:n_win], references, starts, win).any(axis=1)
+                  | _fill(est[:n_win], estimates, starts, win).any(axis=1))
+        values = _safe_db(*_sdr_terms(ref[:n_win], est[:n_win], err[:n_win], n_src))
         values[:, silent] = np.nan
-        out[:, first:first + len(chunk)] = values
+        out[:, first:first + n_win] = values
     return out
 
 
