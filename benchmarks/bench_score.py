@@ -150,6 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sources", type=int, default=4, help="number of stereo sources")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="torch device for mss (default cpu)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of mss (the median is reported)")
     parser.add_argument("--skip-museval", action="store_true", help="only run mss (memory check)")
     parser.add_argument("--condition", action="store_true",
                         help="also print the Gram condition numbers (ill_conditioned criterion)")
@@ -166,9 +167,14 @@ def main(argv=None) -> int:
     print(f"synthesized {args.sources} stereo sources x {args.seconds:g} s at {args.sr} Hz in "
           f"{time.perf_counter() - t0:.1f} s (references + estimates: {input_mib:.0f} MiB float64)")
 
-    ours, t_ours, cpu_ours, mem_ours = measure(lambda: bss_eval_v4(refs, ests, args.sr, device=args.device))
+    runs = [measure(lambda: bss_eval_v4(refs, ests, args.sr, device=args.device)) for _ in range(args.repeat)]
+    ours = runs[0][0]
+    t_ours, cpu_ours = float(np.median([r[1] for r in runs])), float(np.median([r[2] for r in runs]))
+    mem_ours = max(r[3] for r in runs)
     print(f"mss bss_eval_v4   : wall {t_ours:8.2f} s   cpu {cpu_ours:8.2f} s   "
-          f"peak RSS +{mem_ours:6.0f} MiB   frames {ours['sdr'].shape[1]}")
+          f"peak RSS +{mem_ours:6.0f} MiB   frames {ours['sdr'].shape[1]}"
+          + (f"   (median of {args.repeat}: wall " + ", ".join(f"{r[1]:.2f}" for r in runs) + " s)"
+             if args.repeat > 1 else ""))
     if args.condition:
         cond = gram_condition(refs, device=args.device)
         print(f"Gram condition: joint {cond['joint']:.3g}, per source "
