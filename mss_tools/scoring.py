@@ -159,13 +159,12 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
         frames = {}
         runs = evaluation_runs(stems)
         for run in runs:
-            scores = _bsseval(refs, estimates, run, rate, backend)
+            scores, conditions = _bsseval(refs, estimates, run, rate, backend)
             for stem, values in scores.items():
                 # museval: the vocals/accompaniment run overwrites vocals; "separate": the first run's vocals stay
                 if stem not in frames or convention == "museval":
                     frames[stem] = values
-        conditions = {stem: spectral_condition(refs[stem]) for stem in stems}
-        for run in runs:  # sir/sar of every stem of a run come from the run's joint projection
+            # sir/sar of every stem of a run come from the run's joint projection
             if any(conditions[stem] > CONDITION_LIMIT for stem in run):
                 for stem in run:
                     result[stem]["ill_conditioned"] = True
@@ -185,7 +184,10 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
     return result
 
 
-def _bsseval(refs, estimates, stems, rate, backend) -> dict[str, dict[str, list[float]]]:
+def _bsseval(refs, estimates, stems, rate, backend) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    """Frame scores of one joint run and, per stem, the condition number of the Gram matrices
+    behind its isr/sir/sar: exact (from the factorisations) with our backend, the cheap
+    :func:`spectral_condition` estimate with museval's."""
     if backend == "museval":
         import museval.metrics
 
@@ -197,10 +199,12 @@ def _bsseval(refs, estimates, stems, rate, backend) -> dict[str, dict[str, list[
         except Exception as exc:
             raise MssError(f"museval failed: {exc}") from None
         values = {"sdr": sdr, "isr": isr, "sir": sir, "sar": sar}
-        return {s: {m: v[i].tolist() for m, v in values.items()} for i, s in enumerate(stems)}
+        return ({s: {m: v[i].tolist() for m, v in values.items()} for i, s in enumerate(stems)},
+                {s: spectral_condition(refs[s]) for s in stems})
     from mss_tools.metrics.bsseval import evaluate_track
 
-    return evaluate_track({s: refs[s] for s in stems}, {s: estimates[s] for s in stems}, rate)
+    scores = evaluate_track({s: refs[s] for s in stems}, {s: estimates[s] for s in stems}, rate, condition=True)
+    return scores, {s: scores[s].pop("condition") for s in stems}
 
 
 def aggregate(tracks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

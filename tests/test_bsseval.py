@@ -243,6 +243,24 @@ def test_ill_conditioned_flags():
     assert cond["per_source"][1] < 1e6
 
 
+def test_condition_from_bss_eval_v4_matches_gram_condition():
+    rng = np.random.default_rng(8)
+    sr = 4000
+    refs = broadband_sources(rng, 2, 2 * sr, sr)
+    refs[1, 1] = refs[1, 0]  # mono: singular joint Gram matrix
+    cond = gram_condition(refs)
+    scores = bss_eval_v4(refs, noisy_estimates(rng, refs), sr, condition=True)
+    np.testing.assert_array_equal(scores["condition"],
+                                  np.maximum(cond["joint"], cond["per_source"]))
+    assert np.isinf(scores["condition"]).all()
+    names = {"a": refs[0], "b": refs[1]}
+    track = evaluate_track(names, names, sr, condition=True)
+    assert all(np.isinf(track[stem]["condition"]) for stem in names)
+    good = broadband_sources(rng, 2, 2 * sr, sr)
+    scores = bss_eval_v4(good, noisy_estimates(rng, good), sr, condition=True)
+    assert (scores["condition"] < 1e6).all() and set(scores) == set(METRICS) | {"condition"}
+
+
 def test_torch_backend_matches_numpy(three_sources, monkeypatch):
     """The torch code path (used for CUDA devices), run on the CPU."""
     sr, refs, ests, theirs = three_sources

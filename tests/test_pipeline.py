@@ -208,3 +208,31 @@ def test_spectral_condition_flags_band_limited_and_mono_references():
     assert spectral_condition(np.stack([noise[0], noise[0]])) == float("inf")
     b, a = scipy.signal.butter(8, 0.3)
     assert spectral_condition(scipy.signal.lfilter(b, a, noise)) > CONDITION_LIMIT
+
+
+def test_score_flags_ill_conditioned_references_from_the_gram_factorisation(tmp_path):
+    """A mono (channel-duplicated) reference makes its run's Gram matrix singular: every stem of
+    that track is flagged; broadband stereo references are not."""
+    from mss_tools.cache import assemble_cache, write_track_part
+    from mss_tools.scoring import score
+
+    rng = np.random.default_rng(5)
+    sr, n = 4000, 3 * 4000
+    parts = []
+    for track in ("broadband", "mono_bass"):
+        refs = rng.standard_normal((2, 2, n)).astype(np.float32) * 0.1
+        if track == "mono_bass":
+            refs[1, 1] = refs[1, 0]
+        write_track_part(tmp_path / f"{track}.h5", "test", track, {"vocals": refs[0], "bass": refs[1]},
+                         refs.sum(0), sr, {"name": track, "missing": []})
+        parts.append(tmp_path / f"{track}.h5")
+        folder = tmp_path / "preds" / track
+        folder.mkdir(parents=True)
+        for stem, ref in zip(("vocals", "bass"), refs):
+            sf.write(folder / f"{stem}.wav", (ref + 0.02 * rng.standard_normal(ref.shape)).T, sr, subtype="FLOAT")
+    assemble_cache(tmp_path / "refs.h5", parts, {"format": "mss-stems", "format_version": 1, "sample_rate": sr,
+                                                 "sources": ["vocals", "bass"], "channels": 2, "rms_hop": 0.5})
+    result = score(tmp_path / "preds", None, str(tmp_path / "refs.h5"), with_museval=True)
+    assert result["ill_conditioned"] == ["mono_bass/bass", "mono_bass/vocals"]
+    assert not any("ill_conditioned" in values for values in result["tracks"]["broadband"].values())
+    assert all(np.isfinite(result["tracks"]["broadband"][stem]["sir"]) for stem in ("vocals", "bass"))
