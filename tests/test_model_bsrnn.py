@@ -100,9 +100,10 @@ def test_apply_masks_is_complex_product():
     assert torch.allclose(out[0, 1], spec[0] * masks[0, 1])
 
 
-def test_band_split_and_masks_are_band_local():
-    model = tiny(sources=["vocals"], channels=2)
-    spec = torch.randn(1, 2, 513, 4, dtype=torch.complex64)
+@pytest.mark.parametrize("channel_mode, band_channels", [("independent", 1), ("joint", 2)])
+def test_band_split_and_masks_are_band_local(channel_mode, band_channels):
+    model = tiny(sources=["vocals"], channels=2, channel_mode=channel_mode)
+    spec = torch.randn(1, band_channels, 513, 4, dtype=torch.complex64)
     starts = [sum(model.band_widths[:k]) for k in range(model.num_bands)]
     base = model.band_split(spec)
     for band in (0, 7, model.num_bands - 1):
@@ -120,6 +121,42 @@ def test_band_split_and_masks_are_band_local():
         changed = (estimator(bumped) - mask).abs().amax(dim=(0, 1, 3)) > 0
         lo, hi = starts[band], starts[band] + model.band_widths[band]
         assert changed.nonzero().flatten().tolist() == list(range(lo, hi))
+
+
+def test_independent_channels_are_separated_on_their_own():
+    model = tiny(sources=["vocals", "bass"], channels=2).eval()
+    mix = torch.randn(2, 2, 4000)
+    changed = mix.clone()
+    changed[:, 1] = torch.randn(2, 4000)
+    with torch.no_grad():
+        out, out_changed = model(mix), model(changed)
+        alone = model(mix[:, :1].expand(-1, 2, -1).contiguous())
+    assert torch.equal(out[:, :, 0], out_changed[:, :, 0])
+    assert not torch.allclose(out[:, :, 1], out_changed[:, :, 1])
+    torch.testing.assert_close(alone[:, :, 0], out[:, :, 0], rtol=1e-5, atol=1e-6)
+    joint = tiny(sources=["vocals"], channels=2, channel_mode="joint").eval()
+    with torch.no_grad():
+        assert not torch.equal(joint(mix)[:, :, 0], joint(changed)[:, :, 0])
+
+
+@pytest.mark.parametrize("source, millions", [("vocals", 36.417160), ("bass", 32.797192), ("drums", 41.024392)])
+def test_paper_preset_parameter_counts(source, millions):
+    """Paper size (N=128, 12 blocks, 2N BLSTM units, two 4N mask layers, channels apart): 33-41 M
+    per target depending on the band scheme; SE adds 12 * (2 * 128 * 16 + 16 + 128) parameters."""
+    with torch.device("meta"):
+        model = build_model("bsrnn", [source], 2, 44100, preset="paper")
+        with_se = build_model("bsrnn_se", [source], 2, 44100, preset="paper")
+    assert model.num_parameters == round(millions * 1e6)
+    assert with_se.num_parameters - model.num_parameters == 12 * (2 * 128 * 16 + 16 + 128)
+
+
+def test_mask_mlp_layers_and_channel_mode_set_the_size():
+    one = tiny(mlp_layers=1, channel_mode="joint")
+    two = tiny(mlp_layers=2, channel_mode="joint")
+    hidden = TINY["mlp_ratio"] * TINY["feature_dim"]
+    assert two.num_parameters - one.num_parameters == one.num_bands * (hidden * hidden + hidden)
+    with pytest.raises(BadInput, match="channel_mode"):
+        tiny(channel_mode="stereo")
 
 
 @pytest.mark.parametrize("arch", ["bsrnn", "bsrnn_se"])
