@@ -288,3 +288,58 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert screenshot.read_bytes()[:8] == PNG_MAGIC
     assert screenshot.stat().st_size > 50_000
     assert not re.search(r"https?://", (out / "index.html").read_text())
+
+
+def test_ill_conditioned_tracks_leave_isr_sir_sar_out(project, tmp_path):
+    document = json.loads(project["scores"][0].read_text())
+    for index, (track, stems) in enumerate(document["tracks"].items()):
+        for stem in stems.values():
+            stem.update(isr=10.0 + index, sir=20.0 + index, sar=30.0 + index)
+            stem["frames"].update(sir=[20.0 + index] * SECONDS)
+        if index < 3:  # flagged: clicks, song1, song2
+            for stem in stems.values():
+                stem["ill_conditioned"] = True
+    document["metrics"] += ["isr", "sir", "sar"]
+    flagged = tmp_path / "flagged.json"
+    flagged.write_text(json.dumps(document))
+    run = load_runs([flagged])[0]
+    assert "ill_conditioned" not in run.metrics("vocals")
+    assert run.ill_conditioned("vocals") == {"clicks", "song1", "song2"}
+    assert sorted(run.track_values("vocals", "sir").values()) == [20.0 + i for i in range(3, 8)]
+    assert len(run.track_values("vocals", "sdr")) == len(TRACKS)
+    assert set(run.frames("vocals", "sir")) == set(TRACKS[3:])
+    text = compare([flagged], tmp_path / "report", listening=False, bootstrap=100)
+    assert "ill_conditioned" not in text.split("isr/sir/sar leave out")[0]
+    assert "ill-conditioned (flagged 6)" in text  # 3 tracks x 2 sources
+    rows = [r for r in read_csv(tmp_path / "report" / "results.csv") if r["model"] == "flagged"]
+    sir = next(r for r in rows if r["source"] == "vocals" and r["metric"] == "sir")
+    assert float(sir["median"]) == 25.0 and sir["tracks"] == "5"
+    for stems in document["tracks"].values():
+        for stem in stems.values():
+            stem["ill_conditioned"] = True
+    flagged.write_text(json.dumps(document))
+    text = compare([flagged], None)
+    assert "sir median" not in text and "sdr median" in text  # no track left: the column goes
+
+
+def test_many_models_plot_control_and_baseline_pairs_only():
+    from mss_tools.report.plots import MAX_PAIR_PLOTS, plotted_pairs
+    from mss_tools.report.runs import Run
+
+    labels = ["mixture"] + [f"{arch}{suffix}" for arch in ("unet", "demucs", "bsrnn", "bsrnn_se", "unet_lite")
+                            for suffix in ("", "_nocurriculum")]
+    runs = [Run(label, Path(f"{label}.json"), {}) for label in labels]
+    pairs = [(a.label, b.label) for a, b in plotted_pairs(runs)]
+    assert pairs[:5] == [(arch, f"{arch}_nocurriculum") for arch in ("unet", "demucs", "bsrnn", "bsrnn_se",
+                                                                       "unet_lite")]
+    assert pairs[5:] == [("mixture", arch) for arch in ("unet", "demucs", "bsrnn", "bsrnn_se", "unet_lite")]
+    assert len(plotted_pairs(runs[:5])) == 10 <= MAX_PAIR_PLOTS  # few models: every pair
+
+
+def test_speed_is_the_median_over_tracks():
+    from mss_tools.report.runs import separation_speed
+
+    manifest = {"timing": {"audio_seconds": 36.0, "wall_seconds": 11.2},
+                "tracks": [{"audio_seconds": 12.0, "wall_seconds": w} for w in (0.5, 0.48, 10.3)]}
+    assert separation_speed(manifest)[0] == pytest.approx(24.0)
+    assert separation_speed({"timing": {"audio_seconds": 36.0, "wall_seconds": 12.0}})[0] == pytest.approx(3.0)

@@ -93,7 +93,8 @@ def results_section(rows: list[dict[str, Any]], warning: str | None) -> str:
              '<p class="note">dB; per track the median over frames, then the median over tracks (SiSEC) and the '
              "mean. Bold: the best model per column.</p>"]
     if warning:
-        parts.append(f'<div class="notes"><p>{escape(warning)}</p></div>')
+        parts.append('<div class="notes">' + "".join(f"<p>{escape(w)}</p>" for w in warning.split("\n\n"))
+                     + "</div>")
     for stem in dict.fromkeys(r["source"] for r in rows):
         metrics, models, cell = grid(rows, stem)
         header = [("model", False)] + [(f"{m} {kind}", True) for m in metrics for kind in ("median", "mean")] \

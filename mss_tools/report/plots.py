@@ -24,6 +24,8 @@ from mss_tools.report.tables import sources_of
 
 PANEL_WIDTH = 3.6  # inches per source panel
 MAX_TRACK_LABELS = 60
+MAX_PAIR_PLOTS = 15  # above this many pairs only the curriculum/control and baseline pairs are plotted
+CONTROL_SUFFIX = "_nocurriculum"  # the recipes' label of an architecture's no-curriculum control
 WHISKER_MARGIN = 0.25  # the axis spans the whiskers plus this fraction of their range on each side
 POSITIVE, NEGATIVE = "#2b7bba", "#e07b39"
 
@@ -129,12 +131,26 @@ def pair_metric(a: Run, b: Run, source: str) -> str | None:
     return None
 
 
+def plotted_pairs(runs: Sequence[Run]) -> list[tuple[Run, Run]]:
+    """Every pair when there are at most :data:`MAX_PAIR_PLOTS`; else the pairs a study asks about
+    first: each model against its ``<model>_nocurriculum`` control, and each model against the
+    first score file (the baseline), up to the limit. Tables and ``pairs.csv`` keep every pair."""
+    pairs = list(combinations(runs, 2))
+    if len(pairs) <= MAX_PAIR_PLOTS:
+        return pairs
+    labels = {run.label: run for run in runs}
+    chosen = [(run, labels[run.label + CONTROL_SUFFIX]) for run in runs if run.label + CONTROL_SUFFIX in labels]
+    chosen += [(runs[0], run) for run in runs[1:] if not run.label.endswith(CONTROL_SUFFIX)]
+    return chosen[:MAX_PAIR_PLOTS]
+
+
 def paired_difference_plots(runs: Sequence[Run], folder: Path) -> list[Plot]:
-    """One figure per pair of models: per source, sorted per-track differences ``A - B`` (dB)."""
+    """One figure per pair of models (see :func:`plotted_pairs`): per source, sorted per-track
+    differences ``A - B`` (dB)."""
     from matplotlib.figure import Figure
 
     plots = []
-    for number, (a, b) in enumerate(combinations(runs, 2), start=1):
+    for number, (a, b) in enumerate(plotted_pairs(runs), start=1):
         panels = []
         for source in sources_of(runs):
             metric = pair_metric(a, b, source)

@@ -6,9 +6,10 @@ are still where the score file says:
 
 - the parameter count, from ``provenance.json`` next to the checkpoint named in ``model.checkpoint``
   (written by ``mss train``);
-- the separation speed, from the predictions folder's ``manifest.json``: ``timing``
-  (``{"audio_seconds", "wall_seconds"}``; else the same keys summed over the ``tracks`` entries,
-  directly or under their own ``timing``), or a real-time factor under ``seconds_per_second`` /
+- the separation speed, from the predictions folder's ``manifest.json``: the median over the
+  ``tracks`` entries of ``audio_seconds / wall_seconds`` (directly or under their own
+  ``timing``; a median, so that one track stalled by the machine does not set the figure),
+  else the top-level ``timing``, or a real-time factor under ``seconds_per_second`` /
   ``real_time_factor`` / ``rtf`` (wall seconds per second of audio);
 - where each estimate is: the manifest's per-track ``files`` (``{stem: path relative to the
   folder}``), else ``<predictions>/<track>/<stem>.<ext>``.
@@ -29,6 +30,9 @@ from mss_tools.errors import BadInput
 
 SCORES_FORMAT = "mss-scores"
 METRIC_ORDER = ("sdr", "usdr", "si_sdr", "isr", "sir", "sar")
+# Metrics that depend on BSSEval's distortion filters: meaningless where ``mss score`` flagged
+# the references ``ill_conditioned`` (see the metrics contract).
+FILTER_METRICS = ("isr", "sir", "sar")
 RTF_KEYS = ("seconds_per_second", "real_time_factor", "rtf")
 
 
@@ -113,20 +117,30 @@ class Run:
 
     def metrics(self, stem: str) -> list[str]:
         """Metrics with a per-track value for ``stem``, in the report's order."""
-        found = {m for stems in self.tracks.values() for m in stems.get(stem, {}) if m != "frames"}
+        found = {m for stems in self.tracks.values() for m, v in stems.get(stem, {}).items()
+                 if m != "frames" and not isinstance(v, (bool, dict, list))}
         if not found:
             found = set((self.document.get("aggregate") or {}).get(stem, {}))
         return sorted(found, key=metric_sort_key)
 
     def track_values(self, stem: str, metric: str) -> dict[str, float]:
-        """``{track: value}`` (dB; NaN when the score file holds null) of one stem and metric."""
+        """``{track: value}`` (dB; NaN when the score file holds null) of one stem and metric;
+        isr/sir/sar leave out the tracks flagged ill-conditioned for ``stem``."""
+        skip = self.ill_conditioned(stem) if metric in FILTER_METRICS else set()
         return {track: _number(stems[stem][metric]) for track, stems in self.tracks.items()
-                if stem in stems and metric in stems[stem]}
+                if stem in stems and metric in stems[stem] and track not in skip}
+
+    def ill_conditioned(self, stem: str) -> set[str]:
+        """Tracks whose isr/sir/sar of ``stem`` ``mss score`` flagged as numerically unreliable."""
+        return {track for track, stems in self.tracks.items() if (stems.get(stem) or {}).get("ill_conditioned")}
 
     def frames(self, stem: str, metric: str = "sdr") -> dict[str, np.ndarray]:
         """``{track: (frames,) float64}`` framewise values (NaN where the score file holds null)."""
         out = {}
+        skip = self.ill_conditioned(stem) if metric in FILTER_METRICS else set()
         for track, stems in self.tracks.items():
+            if track in skip:
+                continue
             values = (stems.get(stem, {}).get("frames") or {}).get(metric)
             if values is not None:
                 out[track] = np.array([_number(v) for v in values], dtype=np.float64)
@@ -207,15 +221,14 @@ def separation_speed(manifest: dict[str, Any]) -> tuple[float | None, str | None
     """(audio seconds per wall second, device) from a predictions manifest; ``(None, None)`` if untimed."""
     timing = manifest.get("timing") if isinstance(manifest.get("timing"), dict) else {}
     device = timing.get("device") or manifest.get("device")
+    entries = [e.get("timing") if isinstance(e.get("timing"), dict) else e
+               for e in manifest.get("tracks") or [] if isinstance(e, dict)]
+    speeds = [_number(e.get("audio_seconds")) / _number(e.get("wall_seconds")) for e in entries
+              if _number(e.get("audio_seconds")) > 0 and _number(e.get("wall_seconds")) > 0]
+    if speeds:
+        return float(np.median(speeds)), str(device) if device else None
     audio_seconds = _number(timing.get("audio_seconds"))
     wall_seconds = _number(timing.get("wall_seconds"))
-    if not (audio_seconds > 0 and wall_seconds > 0):
-        entries = [e.get("timing") if isinstance(e.get("timing"), dict) else e
-                   for e in manifest.get("tracks") or [] if isinstance(e, dict)]
-        entries = [e for e in entries if "audio_seconds" in e and "wall_seconds" in e]
-        if entries:
-            audio_seconds = sum(_number(e.get("audio_seconds")) for e in entries)
-            wall_seconds = sum(_number(e.get("wall_seconds")) for e in entries)
     if audio_seconds > 0 and wall_seconds > 0:
         return audio_seconds / wall_seconds, str(device) if device else None
     for source in (timing, manifest):

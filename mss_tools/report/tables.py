@@ -78,9 +78,12 @@ def fmt_speed(speed: float | None) -> str:
 
 
 def grid(rows: list[dict[str, Any]], stem: str) -> tuple[list[str], list[str], dict[tuple[str, str], dict]]:
-    """(metrics, models, {(model, metric): row}) of one source's rows."""
+    """(metrics, models, {(model, metric): row}) of one source's rows; a metric no model has a
+    track for (e.g. isr/sir/sar when every track is ill-conditioned) is left out."""
     stem_rows = [r for r in rows if r["source"] == stem]
-    metrics = sorted(dict.fromkeys(r["metric"] for r in stem_rows), key=metric_sort_key)
+    kept = [r["metric"] for r in stem_rows
+            if r["tracks"] or (isinstance(r["median"], (int, float)) and math.isfinite(r["median"]))]
+    metrics = sorted(dict.fromkeys(kept), key=metric_sort_key)
     models = list(dict.fromkeys(r["model"] for r in stem_rows))
     return metrics, models, {(r["model"], r["metric"]): r for r in stem_rows}
 
@@ -107,8 +110,25 @@ def markdown_tables(rows: list[dict[str, Any]], infos: dict[str, ModelInfo] | No
         out.append("")
     out.append("Values in dB: median over frames per track, then median (SiSEC) or mean over tracks. "
                "params: from the checkpoint's provenance.json; speed: seconds of audio separated per "
-               "wall-clock second, from the predictions' manifest.json (empty when unknown).")
+               "wall-clock second (median over tracks), from the predictions' manifest.json (empty when "
+               "unknown).")
     return "\n".join(out) + "\n"
+
+
+def ill_conditioned_note(runs: Sequence[Run]) -> str | None:
+    """A sentence naming how many tracks' isr/sir/sar were left out as ill-conditioned, or ``None``."""
+    counts = {}
+    for run in runs:
+        pairs = sum(len(run.ill_conditioned(stem)) for stem in run.stems)
+        if pairs:
+            counts[run.label] = pairs
+    if not counts:
+        return None
+    listed = ", ".join(f"{label} {n}" for label, n in counts.items())
+    return ("isr/sir/sar leave out the (track, source) pairs whose references `mss score` flagged as "
+            f"ill-conditioned ({listed}): museval's filter-based metrics are numerically unstable there "
+            "(see the metrics contract); sdr and the other metrics keep every track. A metric with no "
+            "track left is not shown.")
 
 
 def track_set_warning(runs: Sequence[Run]) -> str | None:
