@@ -6,7 +6,8 @@
 # With no data set named it runs on the built-in synthetic demo corpus (CPU minutes);
 # --musdb PATH --preset paper runs the real study (GPU). Every variable below is an option;
 # --stage/--stop-stage select run.sh's stages (0 prep ... 8 summary) for every architecture,
-# stage 9 is the final comparison. Reruns skip finished steps; logs are in $exp/*/logs/.
+# stage 9 is the final comparison (of every score file in $exp/scores, this run's first).
+# Reruns skip finished steps; logs are in $exp/*/logs/.
 #   bash recipes/run_all.sh
 #   bash recipes/run_all.sh --archs "bsrnn bsrnn_se" --stage 6
 set -euo pipefail
@@ -44,10 +45,16 @@ for arch in $archs; do
 done
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
+  # this run's architectures first, then every other score file of the study already in $exp/scores,
+  # so that rerunning a subset (--archs unet --stage 6) does not shrink the study's report
   files=("$exp/scores/mixture.json")
   for arch in $archs; do
     files+=("$exp/scores/$arch.json")
     [ "$control" = true ] && files+=("$exp/scores/${arch}_nocurriculum.json")
+  done
+  for f in "$exp"/scores/*.json; do
+    [ -f "$f" ] || continue
+    case " ${files[*]} " in *" $f "*) ;; *) files+=("$f") ;; esac
   done
   run_step "$exp/logs/9_compare.log" $mss compare "${files[@]}" -o "$exp/report"
   cp "$exp/report/RESULTS.md" "$exp/RESULTS.md"
