@@ -23,12 +23,13 @@ SOURCES = ["vocals", "drums", "bass", "other"]
 
 
 def measure(arch: str, preset: str, seconds: float, sample_rate: int, batch: int, device: str, repeats: int,
-            sources: list[str]) -> dict:
+            sources: list[str], activation_checkpointing: bool = False) -> dict:
     from mss_tools.losses import get_loss
     from mss_tools.models import build_model
 
     torch.manual_seed(0)
     model = build_model(arch, sources, 2, sample_rate, preset=preset).to(device)
+    model.activation_checkpointing = activation_checkpointing
     loss_fn = get_loss(model.DEFAULT_LOSS)
     x = torch.randn(batch, 2, int(seconds * sample_rate), device=device)
     y = torch.randn(batch, len(sources), 2, x.shape[-1], device=device)
@@ -75,6 +76,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="train-mode passes recompute block activations (as `mss train --activation-checkpointing`)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -82,17 +85,19 @@ def main() -> None:
         arch, preset = args.one.split(":")
         sources = ["vocals"] if arch.startswith("bsrnn") and preset == "paper" else SOURCES
         print(json.dumps(measure(arch, preset, args.seconds, args.sample_rate, args.batch, args.device,
-                                 args.repeats, sources)))
+                                 args.repeats, sources, args.activation_checkpointing)))
         return
     print(f"{args.device}, {args.threads} threads, {args.sample_rate} Hz, batch {args.batch} x {args.seconds:g} s "
           f"stereo; seconds of compute per second of audio (median of {args.repeats})")
-    print("bsrnn*/paper are one-target (vocals) models as in the paper; the others separate 4 stems")
+    print("bsrnn*/paper are one-target (vocals) models as in the paper; the others separate 4 stems"
+          + ("; activation checkpointing on" if args.activation_checkpointing else ""))
     print(f"{'arch':12s} {'preset':6s} {'params':>12s} {'fwd s/s':>9s} {'f+b s/s':>9s} {'peak MB':>9s}")
     for arch in args.archs.split(","):
         for preset in args.presets.split(","):
             command = [sys.executable, __file__, "--one", f"{arch}:{preset}", "--seconds", str(args.seconds),
                        "--sample-rate", str(args.sample_rate), "--batch", str(args.batch), "--repeats",
                        str(args.repeats), "--threads", str(args.threads), "--device", args.device]
+            command += ["--activation-checkpointing"] if args.activation_checkpointing else []
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 print(f"{arch:12s} {preset:6s} failed: {result.stderr.strip().splitlines()[-1]}")

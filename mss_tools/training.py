@@ -42,7 +42,7 @@ from mss_tools.progress import log, progress_bar
 
 # Settings that may change when a run is resumed (arch_options/preset are compared resolved, as arch_config).
 RESUMABLE_CHANGES = ("device", "workers", "epochs", "cache", "arch_options", "preset", "init", "patience",
-                     "checkpoint_every", "max_bad_steps")
+                     "checkpoint_every", "max_bad_steps", "activation_checkpointing")
 
 
 @dataclass
@@ -75,6 +75,7 @@ class TrainConfig:
     patience: int = 0               # early stopping: epochs without improvement (0: off)
     amp: str = "off"                # off | bf16 | fp16 (CUDA only)
     ema: float = 0.0                # EMA decay (0: off)
+    activation_checkpointing: bool = False  # recompute block activations in backward (memory for compute)
     init: str | None = None         # warm start from a checkpoint
     # bookkeeping
     workers: int = 0
@@ -325,6 +326,7 @@ def _train(cache_path, output: Path, config: TrainConfig, restart, argv, dist: D
                            f"(it has {source['arch']} for {','.join(source['sources'])})")
         model.load_state_dict(source["state_dict"])
         log.info("warm start from %s", config.init)
+    model.activation_checkpointing = config.activation_checkpointing
     model.to(device)
     ema = EMA(model, config.ema) if config.ema > 0 else None
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \

@@ -53,6 +53,25 @@ def test_gradients_reach_every_parameter_with_the_default_loss(arch):
         assert torch.isfinite(parameter.grad).all(), name
 
 
+@pytest.mark.parametrize("name", ["demucs_lstm", "demucs_attn", "bsrnn", "bsrnn_se"])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(name):
+    torch.manual_seed(0)
+    model = tiny(name)
+    mix, target = torch.randn(2, 2, 8000), torch.randn(2, 2, 2, 8000)
+    results = []
+    for enabled in (False, True):
+        model.activation_checkpointing = enabled
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks; checkpoint replays its segment's RNG state
+        loss = get_loss(model.DEFAULT_LOSS)(model(mix), target, model)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_off, grads_off), (loss_on, grads_on) = results
+    torch.testing.assert_close(loss_on, loss_off)
+    for n in grads_off:
+        torch.testing.assert_close(grads_on[n], grads_off[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_checkpoint_round_trip_gives_identical_output(arch, tmp_path):
     torch.manual_seed(0)
     model = tiny(arch).eval()

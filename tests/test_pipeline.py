@@ -236,3 +236,16 @@ def test_score_flags_ill_conditioned_references_from_the_gram_factorisation(tmp_
     assert result["ill_conditioned"] == ["mono_bass/bass", "mono_bass/vocals"]
     assert not any("ill_conditioned" in values for values in result["tracks"]["broadband"].values())
     assert all(np.isfinite(result["tracks"]["broadband"][stem]["sir"]) for stem in ("vocals", "bass"))
+
+
+def test_activation_checkpointing_is_a_training_option_that_resumes_either_way(demo_cache, tmp_path):
+    base = ["train", "--arch", "bsrnn", "--preset", "small", "--arch-opt", "feature_dim=8", "--arch-opt",
+            "hidden_dim=8", "--arch-opt", "num_blocks=2", "--steps-per-epoch", "2", "--batch-size", "2",
+            "--segment", "0.5", "--valid-seconds", "1", "-o", str(tmp_path / "run"), str(demo_cache)]
+    first = CliRunner().invoke(main, base + ["--epochs", "1", "--activation-checkpointing"])
+    assert first.exit_code == 0, first.output
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["activation_checkpointing"] is True
+    second = CliRunner().invoke(main, base + ["--epochs", "2"])
+    assert second.exit_code == 0, second.output
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]["epoch"] == 2

@@ -32,6 +32,9 @@ class SeparationModel(nn.Module):
 
     def __init__(self, sources: Sequence[str], audio_channels: int = 2, sample_rate: int = 44100):
         super().__init__()
+        # recompute the activations of checkpointed blocks in the backward pass instead of keeping
+        # them (training only; the result and the weights are unchanged), see run_block
+        self.activation_checkpointing = False
         if not sources:
             raise BadInput("a model needs at least one source")
         self.sources = list(sources)
@@ -52,6 +55,14 @@ class SeparationModel(nn.Module):
                 raise BadInput(f"unknown option {key!r}; known options: {', '.join(sorted(cls.DEFAULTS))}")
             config[key] = coerce_option(key, value, cls.DEFAULTS[key])
         return config
+
+    def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``block(x)``, under activation checkpointing when it is on and gradients are being recorded."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
     @property
     def num_parameters(self) -> int:

@@ -360,7 +360,7 @@ class BSRNN(SeparationModel):
             spec = spec.reshape(batch * channels, 1, *spec.shape[2:])
         features = self.band_split(spec)
         for block in self.blocks:
-            features = block(features)
+            features = self.run_block(block, features)
         masks = torch.stack([estimator(features) for estimator in self.mask_estimators], dim=1)
         if self.independent_channels:  # (B * C, S, 1, F, T) -> (B, S, C, F, T)
             masks = masks.reshape(batch, channels, *masks.shape[1:]).squeeze(3).transpose(1, 2)

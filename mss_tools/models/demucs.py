@@ -186,11 +186,11 @@ class DemucsBackbone(SeparationModel):
 
         skips = []
         for encode in self.encoder:
-            x = encode(x)
+            x = self.run_block(encode, x)
             skips.append(x)
-        x = self.bottleneck(x)
+        x = self.run_block(self.bottleneck, x)
         for decode in self.decoder:
-            x = decode(x + skips.pop())
+            x = self.run_block(decode, x + skips.pop())
 
         x = x[..., left:left + length]
         if self.normalize:
