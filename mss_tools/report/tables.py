@@ -125,7 +125,7 @@ def ill_conditioned_note(runs: Sequence[Run]) -> str | None:
     if not counts:
         return None
     listed = ", ".join(f"{label} {n}" for label, n in counts.items())
-    return ("isr/sir/sar leave out the (track, source) pairs whose references `mss score` flagged as "
+    return ("isr/sir/sar leave out the (track, source) pairs whose references mss score flagged as "
             f"ill-conditioned ({listed}): museval's filter-based metrics are numerically unstable there "
             "(see the metrics contract); sdr and the other metrics keep every track. A metric with no "
             "track left is not shown.")
