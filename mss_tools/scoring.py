@@ -5,7 +5,12 @@ Score file (``format="mss-scores"``)::
     {"format": "mss-scores", "format_version": 1, "predictions": ..., "references": ...,
      "sample_rate": ..., "backend": "mss" | "museval", "museval": bool, "metrics": [...],
      "tracks": {track: {stem: {"usdr": x, "si_sdr": x, "sdr": median, ..., "frames": {"sdr": [...]}}}},
-     "aggregate": {stem: {metric: {"median": ..., "mean": ..., "tracks": n}}}}
+     "aggregate": {stem: {metric: {"median": ..., "mean": ..., "tracks": n}}},
+     "ill_conditioned": ["track/stem", ...]}
+
+With ``--museval`` a stem whose joint BSSEval run has an ill-conditioned Gram matrix
+(condition number above :data:`CONDITION_LIMIT`) also gets ``"ill_conditioned": true``: its
+isr/sir/sar are numerically unstable (in museval too); ``mss compare`` leaves them out.
 
 Aggregation follows SiSEC: a framewise metric is reduced to its median over frames per
 track (NaN frames ignored), then to the median over tracks; ``mean`` is the mean over
