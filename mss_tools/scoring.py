@@ -213,13 +213,17 @@ def _bsseval(refs, estimates, stems, rate, backend) -> tuple[dict[str, dict[str,
 
 
 def aggregate(tracks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """SiSEC aggregation: per-track value (already the median over frames), then median and mean over tracks."""
+    """SiSEC aggregation: per-track value (already the median over frames), then median and mean over tracks
+    (isr/sir/sar without the tracks flagged ``ill_conditioned``)."""
     stems: dict[str, dict[str, list[float]]] = {}
     for scores in tracks.values():
         for stem, metrics in scores.items():
             for metric, value in metrics.items():
-                if metric not in ("frames", "ill_conditioned"):
-                    stems.setdefault(stem, {}).setdefault(metric, []).append(value)
+                if metric in ("frames", "ill_conditioned"):
+                    continue
+                if metric in ("isr", "sir", "sar") and metrics.get("ill_conditioned"):
+                    value = None  # numerically unreliable: left out of the aggregate, as in mss compare
+                stems.setdefault(stem, {}).setdefault(metric, []).append(value)
     return {stem: {metric: {"median": nanmedian(v), "mean": nanmean(v), "tracks": int(np.isfinite(np.array(v, float)).sum())}
                    for metric, v in metrics.items()} for stem, metrics in stems.items()}
 

@@ -236,6 +236,9 @@ def test_score_flags_ill_conditioned_references_from_the_gram_factorisation(tmp_
     assert result["ill_conditioned"] == ["mono_bass/bass", "mono_bass/vocals"]
     assert not any("ill_conditioned" in values for values in result["tracks"]["broadband"].values())
     assert all(np.isfinite(result["tracks"]["broadband"][stem]["sir"]) for stem in ("vocals", "bass"))
+    assert result["aggregate"]["bass"]["sir"]["tracks"] == 1  # the flagged track is left out of isr/sir/sar
+    assert result["aggregate"]["bass"]["sir"]["median"] == result["tracks"]["broadband"]["bass"]["sir"]
+    assert result["aggregate"]["bass"]["sdr"]["tracks"] == 2
 
 
 def test_activation_checkpointing_is_a_training_option_that_resumes_either_way(demo_cache, tmp_path):
