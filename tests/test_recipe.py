@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 TINY = ["--preset", "tiny", "--demo-tracks", "6", "--demo-duration", "3", "--jobs", "1",
@@ -57,3 +59,15 @@ def test_recipe_rejects_unknown_option_and_names_failing_stage(tmp_path):
     failing = run_recipe("run.sh", "--exp", tmp_path / "e", "--musdb", tmp_path / "missing", *TINY, cwd=tmp_path)
     assert failing.returncode == 2
     assert "FAILED" in failing.stderr and "0_prep.log" in failing.stderr
+
+
+@pytest.mark.parametrize("conf", sorted((REPO / "recipes" / "conf").glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_recipe_config_is_accepted_by_mss_train(conf):
+    from click.testing import CliRunner
+
+    from mss_tools.cli.main import main
+
+    result = CliRunner().invoke(main, ["train", "--config", str(conf), "--print-config", "unused.h5"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["arch"] == json.loads(conf.read_text())["arch"] == conf.stem
