@@ -6,6 +6,8 @@ subprocess, which includes the ~0.4 GB of the Python/torch runtime — compare a
 
     python benchmarks/bench_models.py                     # all, CPU, 44.1 kHz, 3 s batch 1
     python benchmarks/bench_models.py --archs bsrnn,bsrnn_se --presets paper --device cuda
+    python benchmarks/bench_models.py --conf lite --sample-rate 22050   # the recipes' lite confs:
+        # their preset, --arch-opt, batch size, segment and activation checkpointing
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -23,12 +26,12 @@ SOURCES = ["vocals", "drums", "bass", "other"]
 
 
 def measure(arch: str, preset: str, seconds: float, sample_rate: int, batch: int, device: str, repeats: int,
-            sources: list[str], activation_checkpointing: bool = False) -> dict:
+            sources: list[str], activation_checkpointing: bool = False, overrides: dict | None = None) -> dict:
     from mss_tools.losses import get_loss
     from mss_tools.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(arch, sources, 2, sample_rate, preset=preset).to(device)
+    model = build_model(arch, sources, 2, sample_rate, preset=preset, overrides=overrides).to(device)
     model.activation_checkpointing = activation_checkpointing
     loss_fn = get_loss(model.DEFAULT_LOSS)
     x = torch.randn(batch, 2, int(seconds * sample_rate), device=device)
@@ -78,14 +81,22 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="train-mode passes recompute block activations (as `mss train --activation-checkpointing`)")
+    parser.add_argument("--conf", help="a folder of recipes/conf (demo, lite, paper): measure each arch as configured "
+                                       "there instead of --presets/--batch/--seconds")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--arch-opts", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--sources", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
         arch, preset = args.one.split(":")
         sources = ["vocals"] if arch.startswith("bsrnn") and preset == "paper" else SOURCES
+        sources = args.sources.split(",") if args.sources else sources
         print(json.dumps(measure(arch, preset, args.seconds, args.sample_rate, args.batch, args.device,
-                                 args.repeats, sources, args.activation_checkpointing)))
+                                 args.repeats, sources, args.activation_checkpointing, json.loads(args.arch_opts))))
+        return
+    if args.conf:
+        measure_confs(args)
         return
     print(f"{args.device}, {args.threads} threads, {args.sample_rate} Hz, batch {args.batch} x {args.seconds:g} s "
           f"stereo; seconds of compute per second of audio (median of {args.repeats})")
@@ -105,6 +116,34 @@ def main() -> None:
             row = json.loads(result.stdout.strip().splitlines()[-1])
             print(f"{arch:12s} {preset:6s} {row['params']:12,d} {row['fwd_s_per_s']:9.3f} "
                   f"{row['fwd_bwd_s_per_s']:9.3f} {row['peak_mb']:9.0f}", flush=True)
+
+
+def measure_confs(args) -> None:
+    """One row per architecture as ``recipes/conf/<args.conf>/<arch>.json`` trains it (4 stems)."""
+    folder = Path(__file__).resolve().parent.parent / "recipes" / "conf" / args.conf
+    print(f"{args.device}, {args.threads} threads, {args.sample_rate} Hz, recipes/conf/{args.conf}: each conf's batch, "
+          f"segment, options; seconds of compute per second of audio (median of {args.repeats}); 4 stems")
+    print(f"{'arch':12s} {'batch':>5s} {'seg s':>5s} {'ckpt':>4s} {'params':>12s} {'fwd s/s':>9s} {'f+b s/s':>9s} "
+          f"{'peak MB':>9s}")
+    for arch in args.archs.split(","):
+        conf = json.loads((folder / f"{arch}.json").read_text())
+        options = conf.get("arch-opt", {})
+        if isinstance(options, list):
+            options = dict(item.split("=", 1) for item in options)
+        batch, seconds = int(conf.get("batch-size", args.batch)), float(conf.get("segment", args.seconds))
+        checkpointing = bool(conf.get("activation-checkpointing", False))
+        command = [sys.executable, __file__, "--one", f"{arch}:{conf.get('preset', 'small')}", "--seconds",
+                   str(seconds), "--sample-rate", str(args.sample_rate), "--batch", str(batch), "--repeats",
+                   str(args.repeats), "--threads", str(args.threads), "--device", args.device,
+                   "--arch-opts", json.dumps(options), "--sources", ",".join(SOURCES)]
+        command += ["--activation-checkpointing"] if checkpointing else []
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            print(f"{arch:12s} failed: {result.stderr.strip().splitlines()[-1]}")
+            continue
+        row = json.loads(result.stdout.strip().splitlines()[-1])
+        print(f"{arch:12s} {batch:5d} {seconds:5g} {'yes' if checkpointing else 'no':>4s} {row['params']:12,d} "
+              f"{row['fwd_s_per_s']:9.3f} {row['fwd_bwd_s_per_s']:9.3f} {row['peak_mb']:9.0f}", flush=True)
 
 
 if __name__ == "__main__":
