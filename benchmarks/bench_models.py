@@ -105,17 +105,26 @@ def main() -> None:
     print(f"{'arch':12s} {'preset':6s} {'params':>12s} {'fwd s/s':>9s} {'f+b s/s':>9s} {'peak MB':>9s}")
     for arch in args.archs.split(","):
         for preset in args.presets.split(","):
-            command = [sys.executable, __file__, "--one", f"{arch}:{preset}", "--seconds", str(args.seconds),
-                       "--sample-rate", str(args.sample_rate), "--batch", str(args.batch), "--repeats",
-                       str(args.repeats), "--threads", str(args.threads), "--device", args.device]
-            command += ["--activation-checkpointing"] if args.activation_checkpointing else []
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode != 0:
-                print(f"{arch:12s} {preset:6s} failed: {result.stderr.strip().splitlines()[-1]}")
-                continue
-            row = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"{arch:12s} {preset:6s} {row['params']:12,d} {row['fwd_s_per_s']:9.3f} "
-                  f"{row['fwd_bwd_s_per_s']:9.3f} {row['peak_mb']:9.0f}", flush=True)
+            row = measure_in_subprocess(args, arch, preset, args.batch, args.seconds, args.activation_checkpointing)
+            if row is not None:
+                print(f"{arch:12s} {preset:6s} {row['params']:12,d} {row['fwd_s_per_s']:9.3f} "
+                      f"{row['fwd_bwd_s_per_s']:9.3f} {row['peak_mb']:9.0f}", flush=True)
+
+
+def measure_in_subprocess(args, arch: str, preset: str, batch: int, seconds: float, checkpointing: bool,
+                          options: dict | None = None, sources: list[str] | None = None) -> dict | None:
+    """:func:`measure` in a fresh process (so that its peak RSS is this model's); ``None`` (and the
+    error printed) if it fails."""
+    command = [sys.executable, __file__, "--one", f"{arch}:{preset}", "--seconds", str(seconds),
+               "--sample-rate", str(args.sample_rate), "--batch", str(batch), "--repeats", str(args.repeats),
+               "--threads", str(args.threads), "--device", args.device, "--arch-opts", json.dumps(options or {}),
+               "--sources", ",".join(sources or [])]
+    command += ["--activation-checkpointing"] if checkpointing else []
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"{arch:12s} {preset:6s} failed: {result.stderr.strip().splitlines()[-1]}")
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def measure_confs(args) -> None:
@@ -132,18 +141,11 @@ def measure_confs(args) -> None:
             options = dict(item.split("=", 1) for item in options)
         batch, seconds = int(conf.get("batch-size", args.batch)), float(conf.get("segment", args.seconds))
         checkpointing = bool(conf.get("activation-checkpointing", False))
-        command = [sys.executable, __file__, "--one", f"{arch}:{conf.get('preset', 'small')}", "--seconds",
-                   str(seconds), "--sample-rate", str(args.sample_rate), "--batch", str(batch), "--repeats",
-                   str(args.repeats), "--threads", str(args.threads), "--device", args.device,
-                   "--arch-opts", json.dumps(options), "--sources", ",".join(SOURCES)]
-        command += ["--activation-checkpointing"] if checkpointing else []
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(f"{arch:12s} failed: {result.stderr.strip().splitlines()[-1]}")
-            continue
-        row = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"{arch:12s} {batch:5d} {seconds:5g} {'yes' if checkpointing else 'no':>4s} {row['params']:12,d} "
-              f"{row['fwd_s_per_s']:9.3f} {row['fwd_bwd_s_per_s']:9.3f} {row['peak_mb']:9.0f}", flush=True)
+        row = measure_in_subprocess(args, arch, conf.get("preset", "small"), batch, seconds, checkpointing, options,
+                                    SOURCES)
+        if row is not None:
+            print(f"{arch:12s} {batch:5d} {seconds:5g} {'yes' if checkpointing else 'no':>4s} {row['params']:12,d} "
+                  f"{row['fwd_s_per_s']:9.3f} {row['fwd_bwd_s_per_s']:9.3f} {row['peak_mb']:9.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,45 +15,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 
 import numpy as np
 from scipy import signal
 
-
-def _rss_mib(field: str) -> float:
-    """Current (``VmRSS``) or peak (``VmHWM``) resident memory of this process in MiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS mark (Linux); False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+from memory import reset_peak, rss_mib  # benchmarks/memory.py
 
 
 def measure(fn):
     """Run ``fn()``; return its result, wall seconds, CPU seconds (all threads of this
     process) and peak RSS above the start (MiB)."""
-    exact = _reset_peak()
-    before = _rss_mib("VmRSS")
+    exact = reset_peak()
+    before = rss_mib("VmRSS")
     start, cpu = time.perf_counter(), time.process_time()
     result = fn()
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = _rss_mib("VmHWM") - before
+    peak = rss_mib("VmHWM") - before
     return result, seconds, cpu, (peak if exact else float("nan"))
 
 

@@ -29,25 +29,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from memory import reset_peak, rss_mib  # benchmarks/memory.py
+
 SOURCES = ["vocals", "drums", "bass", "other"]
-
-
-def status_mib(field: str) -> float:
-    """``VmRSS``, ``VmHWM``... of this process in MiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def synthesize(path: Path, seconds: float, rate: int, block_seconds: float = 30.0) -> None:
@@ -159,19 +143,19 @@ def memory(args, folder: Path) -> None:
     model = build("unet", None, {"depth": 2, "channels": 4}, args.sr, folder / "tiny.pt")
     batch = torch.zeros(args.batch_size, 2, int(args.segment * args.sr))
     reset_peak()
-    before = status_mib("VmRSS")
+    before = rss_mib("VmRSS")
     with torch.no_grad():
         model(batch)
-    forward_peak = status_mib("VmHWM") - before
+    forward_peak = rss_mib("VmHWM") - before
     del model, batch
     exact = reset_peak()
-    before = status_mib("VmRSS")
+    before = rss_mib("VmRSS")
     begin = time.perf_counter()
     failed = separate(str(folder / "tiny.pt"), [str(wav)], folder / "out", segment=args.segment,
                       overlap=args.overlap, batch_size=args.batch_size, device="cpu")
     seconds = time.perf_counter() - begin
     assert failed == 0
-    peak = status_mib("VmHWM")
+    peak = rss_mib("VmHWM")
     written = sum(p.stat().st_size for p in (folder / "out").rglob("*.wav")) / 2 ** 20
     print(f"separated in {seconds:.1f} s, wrote {written:.0f} MiB of stems")
     print(f"RSS before separate(): {before:.0f} MiB (torch and its libraries, the model)")

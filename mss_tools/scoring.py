@@ -32,7 +32,7 @@ import numpy as np
 
 from mss_tools import __version__, audio
 from mss_tools.errors import BadInput, MssError
-from mss_tools.metrics import nanmean, nanmedian, si_sdr, usdr
+from mss_tools.metrics import CONDITION_LIMIT, FILTER_METRICS, nanmean, nanmedian, si_sdr, usdr
 from mss_tools.progress import log, progress_bar
 
 SCORES_FORMAT = "mss-scores"
@@ -99,9 +99,6 @@ def read_estimates(folder: Path) -> tuple[dict[str, np.ndarray], int]:
     if len(rates) > 1:
         raise BadInput(f"{folder}: estimates have different sample rates {sorted(rates)}")
     return estimates, rates.pop()
-
-
-CONDITION_LIMIT = 1e12
 
 
 def spectral_condition(reference: np.ndarray, filter_length: int = 512) -> float:
@@ -221,7 +218,7 @@ def aggregate(tracks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str
             for metric, value in metrics.items():
                 if metric in ("frames", "ill_conditioned"):
                     continue
-                if metric in ("isr", "sir", "sar") and metrics.get("ill_conditioned"):
+                if metric in FILTER_METRICS and metrics.get("ill_conditioned"):
                     value = None  # numerically unreliable: left out of the aggregate, as in mss compare
                 stems.setdefault(stem, {}).setdefault(metric, []).append(value)
     return {stem: {metric: {"median": nanmedian(v), "mean": nanmean(v), "tracks": int(np.isfinite(np.array(v, float)).sum())}

@@ -58,15 +58,20 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(name):
     torch.manual_seed(0)
     model = tiny(name)
     mix, target = torch.randn(2, 2, 8000), torch.randn(2, 2, 2, 8000)
-    results = []
+    results, kept = [], []
     for enabled in (False, True):
         model.activation_checkpointing = enabled
         model.zero_grad()
         torch.manual_seed(1)  # the same dropout masks; checkpoint replays its segment's RNG state
-        loss = get_loss(model.DEFAULT_LOSS)(model(mix), target, model)
+        saved = []  # bytes the autograd graph keeps outside checkpointed blocks
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.nbytes) or t, lambda t: t):
+            output = model(mix)
+        loss = get_loss(model.DEFAULT_LOSS)(output, target, model)
         loss.backward()
         results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        kept.append(sum(saved))
     (loss_off, grads_off), (loss_on, grads_on) = results
+    assert kept[1] < kept[0] / 2  # the blocks' activations are really not kept
     torch.testing.assert_close(loss_on, loss_off)
     for n in grads_off:
         torch.testing.assert_close(grads_on[n], grads_off[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -241,14 +241,22 @@ def test_score_flags_ill_conditioned_references_from_the_gram_factorisation(tmp_
     assert result["aggregate"]["bass"]["sdr"]["tracks"] == 2
 
 
-def test_activation_checkpointing_is_a_training_option_that_resumes_either_way(demo_cache, tmp_path):
+def test_activation_checkpointing_is_a_training_option_that_resumes_either_way(demo_cache, tmp_path, monkeypatch):
+    import torch.utils.checkpoint
+
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
     base = ["train", "--arch", "bsrnn", "--preset", "small", "--arch-opt", "feature_dim=8", "--arch-opt",
             "hidden_dim=8", "--arch-opt", "num_blocks=2", "--steps-per-epoch", "2", "--batch-size", "2",
             "--segment", "0.5", "--valid-seconds", "1", "-o", str(tmp_path / "run"), str(demo_cache)]
     first = CliRunner().invoke(main, base + ["--epochs", "1", "--activation-checkpointing"])
     assert first.exit_code == 0, first.output
+    assert calls  # training really ran the blocks under checkpointing
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["activation_checkpointing"] is True
+    calls.clear()
     second = CliRunner().invoke(main, base + ["--epochs", "2"])
     assert second.exit_code == 0, second.output
+    assert not calls
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]["epoch"] == 2

@@ -11,6 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 USDR_DELTA = 1e-7
+# BSSEval metrics that depend on the distortion filters, hence on the conditioning of the
+# references' Gram matrix; above this condition number museval's values are not reproducible
+# (see mss_tools.metrics.bsseval.ill_conditioned) and the tools leave them out.
+FILTER_METRICS = ("isr", "sir", "sar")
+CONDITION_LIMIT = 1e12
 
 
 def usdr(reference: np.ndarray, estimate: np.ndarray) -> float:

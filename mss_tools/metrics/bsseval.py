@@ -60,6 +60,7 @@ import scipy.linalg
 import torch
 
 from mss_tools.errors import BadInput
+from mss_tools.metrics import CONDITION_LIMIT
 
 __all__ = [
     "METRICS",
@@ -85,7 +86,7 @@ _CORR_FFT = 16384
 _BAND = 128
 # Gram condition number above which museval's isr/sir/sar are numerically unreliable
 # (see ``ill_conditioned``).
-CONDITION_THRESHOLD = 1e12
+CONDITION_THRESHOLD = CONDITION_LIMIT
 
 
 class BssEvalInputError(BadInput, ValueError):

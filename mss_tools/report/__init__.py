@@ -44,11 +44,11 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
         raise BadInput(f"--bootstrap must be 0 or more, not {bootstrap}")
     runs = load_runs(paths)
     rows = table_rows(runs)
-    warning = "\n\n".join(n for n in (track_set_warning(runs), ill_conditioned_note(runs)) if n) or None
+    notes = [n for n in (track_set_warning(runs), ill_conditioned_note(runs)) if n]
     comparisons = stats.all_pairs(runs, bootstrap, seed) if len(runs) > 1 else []
     text = markdown_tables(rows, {run.label: run.info for run in runs})
-    if warning:
-        text += f"\n{warning}\n"
+    if notes:
+        text += "\n" + "\n\n".join(notes) + "\n"
     if len(runs) > 1:
         text += "\n## Paired statistics\n\n" + stats.markdown(comparisons, bootstrap, seed)
     if output is None:
@@ -72,7 +72,7 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
     if listening:
         log.info("choosing and rendering listening excerpts")
         clips = listening_module.build(runs, excerpt_seconds, excerpts)
-    page = html.render(runs, rows, warning, comparisons, bootstrap, seed, figures, folder, clips, excerpt_seconds)
+    page = html.render(runs, rows, notes, comparisons, bootstrap, seed, figures, folder, clips, excerpt_seconds)
     write_text(folder / "index.html", page)
     log.info("wrote %s", folder / "index.html")
     return text

@@ -88,13 +88,12 @@ def _backend(document: dict[str, Any]) -> str:
     return f"{metrics} ({backend})" if backend else metrics
 
 
-def results_section(rows: list[dict[str, Any]], warning: str | None) -> str:
+def results_section(rows: list[dict[str, Any]], notes: Sequence[str]) -> str:
     parts = ['<h2 id="results">Results</h2>',
              '<p class="note">dB; per track the median over frames, then the median over tracks (SiSEC) and the '
              "mean. Bold: the best model per column.</p>"]
-    if warning:
-        parts.append('<div class="notes">' + "".join(f"<p>{escape(w)}</p>" for w in warning.split("\n\n"))
-                     + "</div>")
+    if notes:
+        parts.append('<div class="notes">' + "".join(f"<p>{escape(note)}</p>" for note in notes) + "</div>")
     for stem in dict.fromkeys(r["source"] for r in rows):
         metrics, models, cell = grid(rows, stem)
         header = [("model", False)] + [(f"{m} {kind}", True) for m in metrics for kind in ("median", "mean")] \
@@ -186,7 +185,7 @@ def listening_section(listening: Listening | None, seconds: float) -> str:
     return "".join(parts)
 
 
-def render(runs: Sequence[Run], rows: list[dict[str, Any]], warning: str | None,
+def render(runs: Sequence[Run], rows: list[dict[str, Any]], notes: Sequence[str],
            comparisons: Sequence[stats_module.PairedComparison], resamples: int, seed: int,
            plots: Sequence[Plot], base, listening: Listening | None, seconds: float) -> str:
     """The whole page as one string; ``base``: the folder the page is written to (for relative SVG links)."""
@@ -197,7 +196,7 @@ def render(runs: Sequence[Run], rows: list[dict[str, Any]], warning: str | None,
     body = "".join([
         f"<h1>Model comparison</h1><p class=\"meta\">{len(runs)} models: {escape(labels)} · mss compare "
         f"{escape(__version__)}</p><nav>{nav}</nav>",
-        models_section(runs), results_section(rows, warning), statistics_section(comparisons, resamples, seed),
+        models_section(runs), results_section(rows, notes), statistics_section(comparisons, resamples, seed),
         plots_section(plots, base), listening_section(listening, seconds),
     ])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -27,12 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from mss_tools.errors import BadInput
+from mss_tools.metrics import FILTER_METRICS
 
 SCORES_FORMAT = "mss-scores"
 METRIC_ORDER = ("sdr", "usdr", "si_sdr", "isr", "sir", "sar")
-# Metrics that depend on BSSEval's distortion filters: meaningless where ``mss score`` flagged
-# the references ``ill_conditioned`` (see the metrics contract).
-FILTER_METRICS = ("isr", "sir", "sar")
 RTF_KEYS = ("seconds_per_second", "real_time_factor", "rtf")
 
 
