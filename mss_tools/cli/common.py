@@ -28,6 +28,14 @@ def command(name: str, **kwargs):
                     raise
                 click.echo(f"mss {name}: error: {exc}", err=True)
                 sys.exit(exc.exit_code)
+            except (ImportError, OSError) as exc:
+                from mss_tools.runtime import describe_failure
+
+                message = describe_failure(exc)
+                if verbose or message is None:
+                    raise
+                click.echo(f"mss {name}: error: {message}", err=True)
+                sys.exit(1)
             except KeyboardInterrupt:
                 click.echo(f"mss {name}: interrupted", err=True)
                 sys.exit(130)
