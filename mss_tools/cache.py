@@ -15,21 +15,33 @@ A stem listed in ``missing`` has no dataset and reads as silence.
 Caches are built from per-track *part files* (one small HDF5 file per track, each written
 under a temporary name and renamed), then assembled in a fixed order into the final file,
 itself written under a temporary name and renamed. Parts let ``-j`` workers write in
-parallel and let an interrupted prep resume with the tracks it had finished.
+parallel and let an interrupted prep resume with the tracks it had finished. Every stem
+and mixture dataset carries the CRC-32 of its samples (attr ``crc32``); a part is reused
+and copied into the cache only if every checksum verifies, and the cache's ``fingerprint``
+is written last, after every part was verified.
+
+Every HDF5 file is created through :func:`create_h5`: HDF5 cannot survive a failed write
+(a full disk crashes the process when the library shuts down), so writes go through a file
+object that records the first filesystem error instead of passing it to HDF5, and the error
+is raised as a plain ``OSError`` once HDF5 has closed the file.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
 
 from mss_tools.errors import BadInput
+from mss_tools.outputs import atomic_path, check_free_space
 
 STEM_FORMAT = "mss-stems"
 STEM_FORMAT_VERSION = 1
@@ -38,6 +50,29 @@ CHUNK_FRAMES = 1 << 15
 RMS_HOP = 0.5
 SILENCE_DB = -60.0
 MIXTURE = "mixture"
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def is_stem_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an HDF5 file (by its signature; :class:`StemCache` checks the rest)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(8) == HDF5_SIGNATURE
+
+
+def read_root_attrs(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The decoded root attributes of an HDF5 file, or None if it is not one (for ownership checks)."""
+    if not is_stem_cache(path):
+        return None
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: _decode(v) for k, v in f.attrs.items()}
+    except OSError:
+        return None
 
 
 def frame_rms_db(audio: np.ndarray, hop: int) -> np.ndarray:
@@ -53,54 +88,153 @@ def frame_rms_db(audio: np.ndarray, hop: int) -> np.ndarray:
     return (10 * np.log10(power + 1e-12)).astype(np.float32)
 
 
+class _ErrorRecordingFile(io.RawIOBase):
+    """A file for h5py whose writes never fail: the first ``OSError`` is kept in ``error`` and
+    later writes are skipped, so that HDF5 closes cleanly and the caller raises the error."""
+
+    def __init__(self, raw: io.FileIO):
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.raw.readinto(buffer)
+
+    def write(self, data) -> int:
+        size = memoryview(data).nbytes
+        if self.error is None:
+            try:
+                written = self.raw.write(data)
+                if written == size:
+                    return written
+                self.raw.write(memoryview(data).cast("B")[written:])  # a short write: ENOSPC follows
+                return size
+            except OSError as exc:
+                self.error = exc
+        self.raw.seek(size, os.SEEK_CUR)
+        return size
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.error is None:
+            try:
+                return self.raw.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return self.raw.tell() if size is None else size
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.raw.flush()
+            except OSError as exc:
+                self.error = exc
+
+
+@contextmanager
+def create_h5(path: str | os.PathLike, expected_bytes: int = 0, **kwargs) -> Iterator[h5py.File]:
+    """Create the HDF5 file ``path`` atomically: written under a temporary name, renamed into place
+    when the block ends without error. ``expected_bytes`` is checked against the free space first.
+    A filesystem error is raised as ``OSError`` naming ``path``, never a crash."""
+    path = Path(path)
+    check_free_space(path.parent, expected_bytes, path.name)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w+b", buffering=0) as raw:
+            recorder = _ErrorRecordingFile(raw)
+            with h5py.File(recorder, "w", **kwargs) as handle:
+                yield handle
+            if recorder.error is not None:
+                error = recorder.error
+                raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+
+
+def checksum(audio: np.ndarray) -> int:
+    """CRC-32 of the samples of a float32 array (what the ``crc32`` attribute holds)."""
+    return zlib.crc32(np.ascontiguousarray(audio, dtype=np.float32).data)
+
+
 def write_track_part(path: str | os.PathLike, split: str, track: str, stems: dict[str, np.ndarray],
                      mixture: np.ndarray, sample_rate: int, attrs: dict[str, Any]) -> None:
     """Write one track as a part file atomically. ``stems``: name -> ``(channels, time)`` float32."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     hop = max(1, int(round(RMS_HOP * sample_rate)))
-    with h5py.File(tmp, "w") as f:
+    arrays = [(name, np.ascontiguousarray(audio, dtype=np.float32))
+              for name, audio in list(stems.items()) + [(MIXTURE, mixture)]]
+    with create_h5(path, sum(a.nbytes for _, a in arrays) + (1 << 20)) as f:
         group = f.create_group(f"{split}/{track}")
-        for name, audio in list(stems.items()) + [(MIXTURE, mixture)]:
-            audio = np.ascontiguousarray(audio, dtype=np.float32)
+        for name, audio in arrays:
             chunk = (audio.shape[0], min(CHUNK_FRAMES, audio.shape[1]))
             dset = group.create_dataset(name, data=audio, chunks=chunk)
+            dset.attrs["crc32"] = checksum(audio)
             if name != MIXTURE:
                 rms = frame_rms_db(audio, hop)
                 dset.attrs["rms_db"] = rms
                 dset.attrs["silent_fraction"] = float((rms < SILENCE_DB).mean())
         for key, value in attrs.items():
             group.attrs[key] = _attr(value)
-    os.replace(tmp, path)
 
 
-def read_part_index(path: str | os.PathLike) -> tuple[str, str]:
-    """(split, track) held by a part file; raises if the file is unreadable."""
-    with h5py.File(path, "r") as f:
-        split = next(iter(f.keys()))
-        return split, next(iter(f[split].keys()))
+def verify_part(path: str | os.PathLike) -> tuple[str, str]:
+    """(split, track) held by a part file whose every dataset matches its checksum; raises
+    ``BadInput`` if the part is unreadable, incomplete or corrupt."""
+    try:
+        with h5py.File(path, "r") as f:
+            split = next(iter(f.keys()))
+            track = next(iter(f[split].keys()))
+            group = f[f"{split}/{track}"]
+            if MIXTURE not in group:
+                raise BadInput(f"{path}: part file lacks the mixture")
+            for name, dataset in group.items():
+                if "crc32" not in dataset.attrs or checksum(dataset[()]) != int(dataset.attrs["crc32"]):
+                    raise BadInput(f"{path}: {split}/{track}/{name} does not match its checksum")
+            return split, track
+    except (OSError, StopIteration, KeyError) as exc:
+        raise BadInput(f"{path}: not a complete part file ({exc})") from None
 
 
 def assemble_cache(output: str | os.PathLike, parts: Sequence[str | os.PathLike], root_attrs: dict[str, Any]) -> None:
-    """Copy ``parts`` (in the given order) into one stem cache at ``output``, atomically."""
+    """Copy ``parts`` (in the given order) into one stem cache at ``output``, atomically. Every
+    dataset is checked against its checksum on the way; ``fingerprint`` is written last."""
     output = Path(output)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w", track_order=True) as dst:
-            for split in SPLITS:
-                dst.create_group(split, track_order=True)
-            for key, value in root_attrs.items():
-                dst.attrs[key] = _attr(value)
-            for part in parts:
-                with h5py.File(part, "r") as src:
-                    for split in src:
-                        for track in src[split]:
-                            src.copy(src[f"{split}/{track}"], dst[split], name=track)
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    expected = sum(Path(p).stat().st_size for p in parts) + (1 << 20)
+    attrs = dict(root_attrs)
+    fingerprint = attrs.pop("fingerprint", None)
+    with create_h5(output, expected, track_order=True) as dst:
+        for split in SPLITS:
+            dst.create_group(split, track_order=True)
+        for key, value in attrs.items():
+            dst.attrs[key] = _attr(value)
+        for part in parts:
+            with h5py.File(part, "r") as src:
+                for split in src:
+                    for track in src[split]:
+                        _copy_verified(src[f"{split}/{track}"], dst[split].create_group(track), part)
+        if fingerprint is not None:
+            dst.attrs["fingerprint"] = _attr(fingerprint)
+
+
+def _copy_verified(src: h5py.Group, dst: h5py.Group, part: str | os.PathLike) -> None:
+    for key, value in src.attrs.items():
+        dst.attrs[key] = value
+    for name, dataset in src.items():
+        data = dataset[()]
+        if "crc32" in dataset.attrs and checksum(data) != int(dataset.attrs["crc32"]):
+            raise BadInput(f"{part}: {src.name}/{name} does not match its checksum; remove the part and rerun")
+        copy = dst.create_dataset(name, data=data, chunks=dataset.chunks)
+        for key, value in dataset.attrs.items():
+            copy.attrs[key] = value
 
 
 def _attr(value: Any) -> Any:
@@ -268,22 +402,15 @@ PLAN_FIELDS = {  # name -> dtype; every field is (examples, slots)
 def write_plan(path: str | os.PathLike, fields: dict[str, np.ndarray], tracks: Sequence[str],
                attrs: dict[str, Any]) -> None:
     """Write a mix plan atomically; ``fields`` holds every name of ``PLAN_FIELDS``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = PLAN_FORMAT
-            f.attrs["format_version"] = PLAN_FORMAT_VERSION
-            for key, value in attrs.items():
-                f.attrs[key] = _attr(value)
-            f.create_dataset("tracks", data=np.array(list(tracks), dtype=h5py.string_dtype()))
-            for name, dtype in PLAN_FIELDS.items():
-                f.create_dataset(name, data=np.asarray(fields[name], dtype=dtype))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    arrays = {name: np.asarray(fields[name], dtype=dtype) for name, dtype in PLAN_FIELDS.items()}
+    with create_h5(path, sum(a.nbytes for a in arrays.values()) + (1 << 20)) as f:
+        f.attrs["format"] = PLAN_FORMAT
+        f.attrs["format_version"] = PLAN_FORMAT_VERSION
+        for key, value in attrs.items():
+            f.attrs[key] = _attr(value)
+        f.create_dataset("tracks", data=np.array(list(tracks), dtype=h5py.string_dtype()))
+        for name, array in arrays.items():
+            f.create_dataset(name, data=array)
 
 
 def read_plan(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:

@@ -19,8 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from mss_tools import audio
-from mss_tools.cache import PLAN_FIELDS, SILENCE_DB, StemCache, read_plan, write_plan
+from mss_tools.cache import PLAN_FIELDS, PLAN_FORMAT, SILENCE_DB, StemCache, read_plan, read_root_attrs, write_plan
 from mss_tools.errors import BadInput
+from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps
 
 STAGE_SOURCES = {1: 2, 2: 3, 3: None}
 MAX_REDRAWS = 20
@@ -196,20 +197,37 @@ def render_example(cache: StemCache, split: str, tracks: Sequence[str], example:
 
 
 def make_plan(cache_path: str, output: str, spec: MixSpec, examples: int, seed: int, stage: int,
-              argv: Sequence[str] = ()) -> None:
-    """Draw ``examples`` examples (example ``i`` from generator ``(seed, i)``) and write the plan."""
+              argv: Sequence[str] = (), force: bool = False) -> None:
+    """Draw ``examples`` examples (example ``i`` from generator ``(seed, i)``) and write the plan.
+
+    An existing ``output`` is replaced only if it is a mix plan of the same cache (or with ``force``).
+    """
     from mss_tools import __version__
 
     if examples < 1:
         raise BadInput(f"--examples must be at least 1, got {examples}")
     cache = StemCache(cache_path)
+    with OutputLock(output, "remix"):
+        check_replaceable(output, lambda path: _plan_cache_fingerprint(path) == cache.fingerprint,
+                          f"a mix plan of {cache_path}", force)
+        remove_stale_temps(output)
+        _write_new_plan(cache, cache_path, output, spec, examples, seed, stage, argv, __version__)
+
+
+def _plan_cache_fingerprint(path) -> str | None:
+    attrs = read_root_attrs(path)
+    return attrs.get("cache_fingerprint") if attrs and attrs.get("format") == PLAN_FORMAT else None
+
+
+def _write_new_plan(cache: StemCache, cache_path: str, output: str, spec: MixSpec, examples: int, seed: int,
+                    stage: int, argv: Sequence[str], version: str) -> None:
     sampler = ExampleSampler(cache, spec)
     drawn = [sampler.draw(np.random.default_rng([seed, i])) for i in range(examples)]
     fields = {name: np.stack([d[name] for d in drawn]) for name in PLAN_FIELDS}
     attrs = spec.to_attrs() | {
         "cache": str(cache_path), "cache_fingerprint": cache.fingerprint, "sources": list(cache.sources),
         "sample_rate": cache.sample_rate, "channels": cache.channels, "seed": seed, "stage": stage,
-        "segment_frames": sampler.frames, "created_by": {"tool": "mss remix", "version": __version__, "argv": list(argv)},
+        "segment_frames": sampler.frames, "created_by": {"tool": "mss remix", "version": version, "argv": list(argv)},
     }
     write_plan(output, fields, sampler.tracks, attrs)
 
@@ -237,23 +255,32 @@ class MixPlan:
         return render_example(self.cache, self.split, self.tracks, self.example(index), self.frames)
 
 
-def render_plan(plan_path: str, output: str, cache_path: str | None = None) -> None:
-    """Materialize every example of a plan as a track of a stem cache (``ex-000000``...)."""
-    import tempfile
+def render_plan(plan_path: str, output: str, cache_path: str | None = None, force: bool = False) -> None:
+    """Materialize every example of a plan as a track of a stem cache (``ex-000000``...).
+
+    An existing ``output`` is replaced only if it is a rendering of the same plan (or with ``force``).
+    """
     from pathlib import Path
 
     from mss_tools import __version__
     from mss_tools.cache import CHUNK_FRAMES, RMS_HOP, STEM_FORMAT, STEM_FORMAT_VERSION, assemble_cache, \
-        write_track_part
+        remove_tree, write_track_part
 
     plan = MixPlan(plan_path, cache_path)
-    width = max(6, len(str(len(plan) - 1)))
-    with tempfile.TemporaryDirectory(dir=Path(output).resolve().parent) as parts_dir:
+    origin = str(Path(plan_path).resolve())
+    with OutputLock(output, "remix"):
+        check_replaceable(output, lambda path: (read_root_attrs(path) or {}).get("origin") == origin,
+                          f"a rendering of {plan_path}", force)
+        remove_stale_temps(output)
+        parts_dir = Path(output).with_name(Path(output).name + ".parts")
+        remove_tree(parts_dir)
+        parts_dir.mkdir(parents=True)
+        width = max(6, len(str(len(plan) - 1)))
         parts = []
         for i in range(len(plan)):
             stems = plan.render(i)
             name = f"ex-{i:0{width}d}"
-            part = Path(parts_dir) / f"{name}.h5"
+            part = parts_dir / f"{name}.h5"
             write_track_part(part, plan.split, name, dict(zip(plan.cache.sources, stems)), stems.sum(axis=0),
                              plan.cache.sample_rate, {"name": name, "origin": f"{plan_path}#{i}", "length": plan.frames,
                                                       "source_sample_rate": plan.cache.sample_rate, "missing": []})
@@ -262,6 +289,7 @@ def render_plan(plan_path: str, output: str, cache_path: str | None = None) -> N
             "format": STEM_FORMAT, "format_version": STEM_FORMAT_VERSION, "sample_rate": plan.cache.sample_rate,
             "sources": plan.cache.sources, "channels": plan.cache.channels, "layout": "plan",
             "fingerprint": f"plan:{plan.attrs.get('cache_fingerprint')}:{plan.attrs.get('seed')}:{len(plan)}",
-            "origin": str(plan_path), "created_by": {"tool": "mss remix --render", "version": __version__},
+            "origin": origin, "created_by": {"tool": "mss remix --render", "version": __version__},
             "skipped": [], "chunk_frames": CHUNK_FRAMES, "rms_hop": RMS_HOP,
         })
+        remove_tree(parts_dir)

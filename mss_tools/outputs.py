@@ -42,22 +42,40 @@ def is_temp_name(name: str) -> bool:
     return bool(_TEMP_NAME.match(name))
 
 
-def sweep_temps(folder: str | os.PathLike, recursive: bool = False) -> int:
-    """Remove temporary files (:func:`temp_path` names) under ``folder``; returns how many.
+def sweep_temps(folder: str | os.PathLike) -> int:
+    """Remove temporary files (:func:`temp_path` names) anywhere under ``folder``; returns how many.
 
-    Call only while holding the :class:`OutputLock` of the output they belong to: then no
-    live writer owns them, and they are what a killed run left behind.
+    Call only on a folder the caller owns while holding its :class:`OutputLock`: then no live
+    writer owns them, and they are what a killed run left behind.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    candidates = folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")
     removed = 0
-    for path in candidates:
-        if is_temp_name(path.name) and path.is_file() and not path.is_symlink():
+    for path in folder.rglob(".*.tmp"):
+        if is_temp_name(path.name) and not path.is_dir():
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def remove_stale_temps(path: str | os.PathLike) -> int:
+    """Remove the temporary files of the one output ``path`` (``.<name>.<pid>.tmp`` beside it) that
+    killed runs left; call while holding its :class:`OutputLock`."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.\d+\.tmp$")
+    removed = 0
+    for candidate in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        if pattern.match(candidate.name) and not candidate.is_dir():
+            candidate.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def fsync_folder(folder: str | os.PathLike) -> None:

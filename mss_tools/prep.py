@@ -8,22 +8,20 @@ order, into the cache, which is written under a temporary name and renamed.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
-import multiprocessing
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from mss_tools import __version__, audio, cache
 from mss_tools.datasets import Dataset, TrackRef, discover, load_track
 from mss_tools.errors import BadInput
+from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
 from mss_tools.progress import log, progress_bar
+from mss_tools.runner import TrackFailure, failure_summary, run_tracks
 
 PREP_VERSION = 1
 
@@ -44,7 +42,11 @@ class PrepOptions:
 
 
 def prep(source: str, output: str | os.PathLike, options: PrepOptions, argv: Sequence[str] = ()) -> Path:
-    """Build the stem cache ``output`` from ``source``; returns its path. Skips work already done."""
+    """Build the stem cache ``output`` from ``source``; returns its path. Skips work already done.
+
+    One writer per output (a second prep of the same output fails at once); an existing file
+    is replaced only if it is a cache prep made from the same source (or with ``force``).
+    """
     output = Path(output)
     dataset = discover(source, options.layout, options.sources, options.valid_tracks, options.valid_fraction,
                        options.seed, options.demo_tracks, options.demo_duration)
@@ -52,14 +54,25 @@ def prep(source: str, output: str | os.PathLike, options: PrepOptions, argv: Seq
     settings = {"prep_version": PREP_VERSION, "sample_rate": rate, "sources": dataset.sources,
                 "demo": [options.seed, options.demo_duration] if dataset.layout == "demo" else None}
     fingerprint = dataset.fingerprint(json.dumps(settings, sort_keys=True))
-    if output.exists() and not options.force and _cache_fingerprint(output) == fingerprint:
-        log.info("%s is up to date (fingerprint %s); nothing to do", output, fingerprint)
-        return output
+    origin = str(Path(source).resolve()) if dataset.layout != "demo" else "demo"
+    with OutputLock(output, "prep"):
+        check_replaceable(output, lambda path: _cache_origin(path) == origin,
+                          f"a stem cache made by mss prep from {source}", options.force)
+        remove_stale_temps(output)
+        if output.exists() and not options.force and _cache_fingerprint(output) == fingerprint:
+            log.info("%s is up to date (fingerprint %s); nothing to do", output, fingerprint)
+            return output
+        _build(dataset, source, output, options, rate, settings, fingerprint, origin, argv)
+    return output
+
+
+def _build(dataset: Dataset, source: str, output: Path, options: PrepOptions, rate: int, settings: dict,
+           fingerprint: str, origin: str, argv: Sequence[str]) -> None:
     log.info("prep %s (%s layout, %d tracks, sources %s) -> %s at %d Hz", source, dataset.layout,
              len(dataset.tracks), ",".join(dataset.sources), output, rate)
-
     parts_dir = output.with_name(output.name + ".parts")
     parts_dir.mkdir(parents=True, exist_ok=True)
+    sweep_temps(parts_dir)
     track_key = {id(t): _track_key(t, settings) for t in dataset.tracks}
     part_of = {id(t): parts_dir / f"{track_key[id(t)]}.h5" for t in dataset.tracks}
     todo = [t for t in dataset.tracks if not _part_ok(part_of[id(t)])]
@@ -69,17 +82,24 @@ def prep(source: str, output: str | os.PathLike, options: PrepOptions, argv: Seq
     skipped = _load_skipped(parts_dir)
     skipped = {k: v for k, v in skipped.items() if k in track_key.values()}
     todo = [t for t in todo if track_key[id(t)] not in skipped or not options.skip_bad]
-    job = _TrackJob(dataset, rate, options.seed, options.demo_duration)
+    job = _TrackJob(dataset, rate, options.seed, options.demo_duration,
+                    {(t.split, t.name): part_of[id(t)] for t in todo})
+    failures = []
     with progress_bar(len(dataset.tracks), "prep") as bar:
         bar.advance(len(dataset.tracks) - len(todo))
-        for ref, error in _run(job, todo, part_of, options.jobs):
-            if error is not None:
+        for ref, outcome in run_tracks(job, todo, options.jobs):
+            if isinstance(outcome, TrackFailure):
                 if not options.skip_bad:
-                    raise BadInput(error)
-                log.warning("skipping %s/%s: %s", ref.split, ref.name, error)
-                skipped[track_key[id(ref)]] = {"split": ref.split, "track": ref.name, "reason": error}
-                _save_skipped(parts_dir, skipped)
+                    log.error("%s", outcome)
+                    failures.append(outcome)
+                else:
+                    log.warning("skipping %s/%s: %s", ref.split, ref.name, outcome)
+                    skipped[track_key[id(ref)]] = {"split": ref.split, "track": ref.name, "reason": str(outcome)}
+                    write_json(parts_dir / "skipped.json", skipped)
             bar.advance()
+    if failures:
+        raise BadInput(str(failures[0]) if len(failures) == 1 else
+                       failure_summary(failures, len(dataset.tracks)) + " (--skip-bad leaves bad tracks out)")
 
     kept = [t for t in dataset.tracks if track_key[id(t)] not in skipped]
     if not kept:
@@ -88,17 +108,15 @@ def prep(source: str, output: str | os.PathLike, options: PrepOptions, argv: Seq
     kept.sort(key=lambda t: (order[t.split], t.name))
     root_attrs = {
         "format": cache.STEM_FORMAT, "format_version": cache.STEM_FORMAT_VERSION, "sample_rate": rate,
-        "sources": list(dataset.sources), "channels": 2, "layout": dataset.layout,
-        "fingerprint": fingerprint, "origin": str(Path(source).resolve()) if dataset.layout != "demo" else "demo",
+        "sources": list(dataset.sources), "channels": 2, "layout": dataset.layout, "origin": origin,
         "created_by": {"tool": "mss prep", "version": __version__, "argv": list(argv)},
         "skipped": sorted(skipped.values(), key=lambda s: (s["split"], s["track"])),
-        "chunk_frames": cache.CHUNK_FRAMES, "rms_hop": cache.RMS_HOP,
+        "chunk_frames": cache.CHUNK_FRAMES, "rms_hop": cache.RMS_HOP, "fingerprint": fingerprint,
     }
     cache.assemble_cache(output, [part_of[id(t)] for t in kept], root_attrs)
     cache.remove_tree(parts_dir)
     counts = {s: sum(t.split == s for t in kept) for s in cache.SPLITS}
     log.info("wrote %s: %s; %d skipped", output, ", ".join(f"{n} {s}" for s, n in counts.items()), len(skipped))
-    return output
 
 
 @dataclass
@@ -107,36 +125,17 @@ class _TrackJob:
     rate: int
     seed: int
     demo_duration: float
+    part_of: dict[tuple[str, str], Path]   # (split, track) -> part file
 
-    def __call__(self, ref: TrackRef, part: Path) -> str | None:
-        """Decode, resample and write one track; returns an error message for bad input."""
-        try:
-            track = load_track(ref, self.dataset, self.seed, self.demo_duration, self.rate)
-            stems = {k: audio.resample(v, track.sample_rate, self.rate) for k, v in track.stems.items()}
-            mixture = audio.resample(track.mixture, track.sample_rate, self.rate)
-            attrs = {"name": ref.name, "origin": track.origin, "length": int(mixture.shape[-1]),
-                     "source_sample_rate": int(track.sample_rate), "missing": track.missing}
-            cache.write_track_part(part, ref.split, ref.name, stems, mixture, self.rate, attrs)
-        except BadInput as exc:
-            return str(exc)
-        return None
-
-
-def _run(job: _TrackJob, todo: list[TrackRef], part_of: dict, jobs: int):
-    if jobs <= 1 or len(todo) <= 1:
-        for ref in todo:
-            yield ref, job(ref, part_of[id(ref)])
-        return
-    context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(job, ref, part_of[id(ref)]): ref for ref in todo}
-        try:
-            for future in cf.as_completed(futures):
-                yield futures[future], future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    def __call__(self, ref: TrackRef) -> None:
+        """Decode, resample and write one track to its part file (``BadInput`` for bad data)."""
+        track = load_track(ref, self.dataset, self.seed, self.demo_duration, self.rate)
+        stems = {k: audio.resample(v, track.sample_rate, self.rate) for k, v in track.stems.items()}
+        mixture = audio.resample(track.mixture, track.sample_rate, self.rate)
+        attrs = {"name": ref.name, "origin": track.origin, "length": int(mixture.shape[-1]),
+                 "source_sample_rate": int(track.sample_rate), "missing": track.missing}
+        cache.write_track_part(self.part_of[(ref.split, ref.name)], ref.split, ref.name, stems, mixture, self.rate,
+                               attrs)
 
 
 def _track_key(ref: TrackRef, settings: dict) -> str:
@@ -145,12 +144,14 @@ def _track_key(ref: TrackRef, settings: dict) -> str:
 
 
 def _part_ok(path: Path) -> bool:
+    """Whether a part left by an earlier run is complete and intact (a bad one is removed)."""
     if not path.exists():
         return False
     try:
-        cache.read_part_index(path)
+        cache.verify_part(path)
         return True
-    except Exception:
+    except BadInput as exc:
+        log.warning("redoing a damaged part: %s", exc)
         path.unlink(missing_ok=True)
         return False
 
@@ -160,17 +161,20 @@ def _load_skipped(parts_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _save_skipped(parts_dir: Path, skipped: dict) -> None:
-    tmp = parts_dir / "skipped.json.tmp"
-    tmp.write_text(json.dumps(skipped, indent=1))
-    os.replace(tmp, parts_dir / "skipped.json")
-
-
 def _cache_fingerprint(path: Path) -> str | None:
-    try:
-        return cache.StemCache(path).fingerprint
-    except BadInput:
+    attrs = cache.read_root_attrs(path)
+    return None if attrs is None or attrs.get("format") != cache.STEM_FORMAT else attrs.get("fingerprint")
+
+
+def _cache_origin(path: Path) -> str | None:
+    """The source a stem cache made by ``mss prep`` was made from (None for any other file)."""
+    attrs = cache.read_root_attrs(path)
+    if attrs is None or attrs.get("format") != cache.STEM_FORMAT:
         return None
+    created_by = attrs.get("created_by")
+    if not (isinstance(created_by, str) and '"mss prep"' in created_by):
+        return None
+    return attrs.get("origin")
 
 
 def _native_rate(dataset: Dataset) -> int:

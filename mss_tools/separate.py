@@ -33,7 +33,7 @@ import torch
 
 from mss_tools import audio
 from mss_tools.apply import StreamingSeparator, chunk_hop, default_segment, tta_passes
-from mss_tools.cache import StemCache
+from mss_tools.cache import StemCache, is_stem_cache
 from mss_tools.checkpoint import load_model
 from mss_tools.errors import BadInput, MssError
 from mss_tools.progress import log, progress_bar
@@ -189,13 +189,6 @@ def output_spec(model, file_format: str = "wav", subtype: str | None = None, nam
     if example.is_absolute() or ".." in example.parts:
         raise BadInput(f"name template {name_template!r} must name a path inside the output folder")
     return spec
-
-
-def is_stem_cache(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "rb") as handle:
-        return handle.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
 def _is_input_file(path: Path) -> bool:

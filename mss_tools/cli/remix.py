@@ -17,7 +17,8 @@ from mss_tools.cli.common import command, mix_options, pop_mix_options, split_li
 @mix_options
 @click.option("--render", "render_to", type=click.Path(dir_okay=False), default=None,
               help="Also materialize the plan as a stem cache (one track per example, in the plan's split).")
-def cli(cache, output, targets, segment, examples, seed, split, aligned, render_to, **mix):
+@click.option("--force", is_flag=True, help="Replace OUTPUT (and --render's file) even if it is not a plan of CACHE.")
+def cli(cache, output, targets, segment, examples, seed, split, aligned, render_to, force, **mix):
     """Draw a mix plan OUTPUT from the stem cache CACHE: per example and source slot,
     which track, offset, gain and augmentations, and whether the slot is active.
 
@@ -38,6 +39,6 @@ def cli(cache, output, targets, segment, examples, seed, split, aligned, render_
     spec = MixSpec(targets=target_list, segment=segment, active_sources=options["active_sources"],
                    aligned_prob=1.0 if aligned else options["aligned_prob"], silent_keep=options["silent_keep"],
                    split=split, augment=options["augment"])
-    make_plan(cache, output, spec, examples, seed, options["stage"], argv=sys.argv)
+    make_plan(cache, output, spec, examples, seed, options["stage"], argv=sys.argv, force=force)
     if render_to:
-        render_plan(output, render_to, cache)
+        render_plan(output, render_to, cache, force=force)
