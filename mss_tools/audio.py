@@ -7,6 +7,7 @@ so that it can be swapped.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import soundfile as sf
 
 from mss_tools.errors import BadInput
+from mss_tools.outputs import atomic_path, fsync_file, temp_path
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 SUBTYPES = {"PCM_16": "PCM_16", "PCM_24": "PCM_24", "FLOAT": "FLOAT", "16": "PCM_16", "24": "PCM_24",
@@ -60,13 +62,11 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int, su
     data = np.asarray(audio, dtype=np.float32).T
     if subtype != "FLOAT":
         data = np.clip(data, -1.0, 1.0)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        sf.write(str(tmp), data, int(sample_rate), subtype=subtype, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp:
+        try:
+            sf.write(str(tmp), data, int(sample_rate), subtype=subtype, format=fmt)
+        except Exception:
+            raise _write_failure(path) from None
 
 
 def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
@@ -254,10 +254,15 @@ class AudioWriter:
         if fmt == "FLAC" and self.subtype == "FLOAT":
             raise BadInput(f"{path}: FLAC cannot hold float samples; use 16 or 24 bit")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._tmp = temp_path(self.path)
+        open(self._tmp, "wb").close()  # a read-only or full folder fails here, as an OSError naming it
         self.channels = int(channels)
         self.frames = 0
-        self._file = sf.SoundFile(str(self._tmp), "w", int(sample_rate), self.channels, self.subtype, format=fmt)
+        try:
+            self._file = sf.SoundFile(str(self._tmp), "w", int(sample_rate), self.channels, self.subtype, format=fmt)
+        except Exception:
+            self._tmp.unlink(missing_ok=True)
+            raise _write_failure(self.path) from None
 
     def write(self, block: np.ndarray) -> None:
         if block.shape[-1] == 0:
@@ -267,11 +272,18 @@ class AudioWriter:
         data = np.asarray(block, dtype=np.float32).T
         if self.subtype != "FLOAT":
             data = np.clip(data, -1.0, 1.0)
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except Exception:  # libsndfile reports a failed write as a short count (AssertionError) or RuntimeError
+            raise _write_failure(self.path) from None
         self.frames += data.shape[0]
 
     def commit(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except Exception:
+            raise _write_failure(self.path) from None
+        fsync_file(self._tmp)
         os.replace(self._tmp, self.path)
 
     def discard(self) -> None:
@@ -286,6 +298,20 @@ class AudioWriter:
             self.commit()
         else:
             self.discard()
+
+
+def _write_failure(path: Path) -> OSError:
+    """The filesystem error behind a failed libsndfile write, which does not report errno."""
+    try:
+        stats = os.statvfs(path.parent)
+        full = stats.f_bavail * stats.f_frsize < (1 << 20)
+    except OSError as exc:
+        return exc
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    if not os.access(path.parent, os.W_OK):
+        return OSError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    return OSError(errno.EIO, "the audio file could not be written", str(path))
 
 
 def resampled_length(length: int, orig_rate: int, new_rate: int) -> int:

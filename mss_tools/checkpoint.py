@@ -18,6 +18,7 @@ import torch
 
 from mss_tools import __version__
 from mss_tools.errors import BadInput
+from mss_tools.outputs import atomic_path, temp_path
 
 CHECKPOINT_FORMAT = "mss-checkpoint"
 CHECKPOINT_FORMAT_VERSION = 1
@@ -67,25 +68,22 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any], previous: 
     """``torch.save`` to a temporary name, fsync, then rename: a crash never leaves a partial file.
 
     With ``previous``, the file being replaced is kept there (hard-linked before the rename, so
-    that ``path`` exists at every moment).
+    that ``path`` exists at every moment). A filesystem error is an ``OSError`` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+    with atomic_path(path) as tmp:
+        try:
+            with open(tmp, "wb") as handle:
+                torch.save(payload, handle)
+        except RuntimeError as exc:  # torch wraps the failed write (no space...) of its zip writer
+            if isinstance(exc.__context__, OSError):
+                raise OSError(exc.__context__.errno, exc.__context__.strerror, str(path)) from None
+            raise
         if previous is not None and path.exists():
-            link = Path(previous).with_name(f".{Path(previous).name}.{os.getpid()}.tmp")
+            link = temp_path(previous)
             link.unlink(missing_ok=True)
             os.link(path, link)
             os.replace(link, previous)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

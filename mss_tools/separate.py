@@ -36,6 +36,8 @@ from mss_tools.apply import StreamingSeparator, chunk_hop, default_segment, tta_
 from mss_tools.cache import StemCache, is_stem_cache
 from mss_tools.checkpoint import load_model
 from mss_tools.errors import BadInput, MssError
+from mss_tools.outputs import OutputLock, is_temp_name, sweep_temps
+from mss_tools.runner import TrackFailure, failure_summary, run_tracks
 from mss_tools.progress import log, progress_bar
 
 PREDICTIONS_FORMAT = "mss-predictions"
@@ -254,6 +256,27 @@ def separate(checkpoint: str, inputs: Sequence[str], output: str | os.PathLike, 
                 "audio_format": spec.file_format, "subtype": spec.subtype, "name_template": name_template,
                 "two_stems": two_stems}
     stamp = _checkpoint_stamp(checkpoint)
+    with OutputLock(output, "separate"):
+        _check_predictions_folder(output, force)
+        sweep_temps(output)
+        return _separate_tracks(model, tracks, files, output, spec, settings, stamp, checkpoint, force, batch_size,
+                                shifts, tta_flip, seed)
+
+
+def _check_predictions_folder(output: Path, force: bool) -> None:
+    """Refuse an output that is a file, or a non-empty folder that is not a predictions folder (unless ``force``)."""
+    if output.exists() and not output.is_dir():
+        raise BadInput(f"{output}: is a file; -o names the predictions folder")
+    if force or not output.is_dir() or (output / "manifest.json").exists():
+        return
+    if any(not is_temp_name(p.name) for p in output.iterdir()):
+        raise BadInput(f"{output}: a folder with other files in it and no predictions manifest; choose another -o "
+                       f"(or --force to write into it)")
+
+
+def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str, Path]], output: Path,
+                     spec: OutputSpec, settings: dict, stamp: str, checkpoint: str, force: bool, batch_size: int,
+                     shifts: int, tta_flip: bool, seed: int) -> int:
     manifest_path = output / "manifest.json"
     manifest = _read_manifest(manifest_path)
     if manifest.get("checkpoint_stamp") != stamp or any(manifest.get(k) != v for k, v in settings.items()):
@@ -266,30 +289,40 @@ def separate(checkpoint: str, inputs: Sequence[str], output: str | os.PathLike, 
         "model_sample_rate": model.sample_rate, **settings,
     })
     manifest.setdefault("tracks", [])
-    failures = 0
+    todo = []
     for track in tracks:
         paths = {stem: output / p for stem, p in files[track.name].items()}
         if not force and track.name in done and all(p.exists() for p in paths.values()):
             log.info("%s: already separated", track.name)
-            continue
+        else:
+            todo.append((track, paths))
+
+    def work(item: tuple[InputTrack, dict[str, Path]]) -> dict:
+        track, paths = item
         rng = np.random.default_rng([seed, zlib.crc32(track.name.encode())])
         passes = tta_passes(shifts, tta_flip, int(MAX_SHIFT_SECONDS * model.sample_rate), model.audio_channels, rng)
         try:
-            entry = separate_track(model, track, paths, spec, segment, overlap, batch_size, passes)
-        except (MssError, OSError, RuntimeError) as exc:
-            failures += 1
+            return separate_track(model, track, paths, spec, settings["segment"], settings["overlap"], batch_size,
+                                  passes)
+        except MssError as exc:
             message = str(exc)
-            log.error("%s: %s", track.name, message if track.label in message else f"{track.label}: {message}")
+            raise type(exc)(message if track.label in message else f"{track.label}: {message}") from None
+
+    failures = []
+    for (track, _), outcome in run_tracks(work, todo):
+        if isinstance(outcome, TrackFailure):
+            failures.append(outcome)
+            log.error("%s", outcome)
             continue
-        entry = track.describe() | entry | {"files": {s: str(p) for s, p in files[track.name].items()}}
+        entry = track.describe() | outcome | {"files": {s: str(p) for s, p in files[track.name].items()}}
         manifest["tracks"] = [e for e in manifest["tracks"] if e["track"] != track.name] + [entry]
         manifest["sample_rate"] = entry["sample_rate"]
         manifest["timing"] = {key: round(sum(e.get(key, 0.0) for e in manifest["tracks"]), 3)
                               for key in ("audio_seconds", "wall_seconds")}
         _write_manifest(manifest_path, manifest)
     if failures:
-        log.error("%d of %d tracks failed", failures, len(tracks))
-    return failures
+        log.error("%s", failure_summary(failures, len(tracks)))
+    return len(failures)
 
 
 def separate_track(model, track: InputTrack, paths: dict[str, Path], spec: OutputSpec, segment: float,

@@ -38,6 +38,7 @@ from mss_tools.losses import get_loss
 from mss_tools.metrics import usdr
 from mss_tools.mixing import Augmentation, ExampleSampler, MixPlan, MixSpec, render_example
 from mss_tools.models import build_model, model_class
+from mss_tools.outputs import OutputLock, is_temp_name, sweep_temps, write_text
 from mss_tools.progress import log, progress_bar
 
 # Settings that may change when a run is resumed (arch_options/preset are compared resolved, as arch_config).
@@ -212,9 +213,7 @@ def validate(model, cache: StemCache, targets: list[str], segment: float, device
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -263,14 +262,51 @@ def _load_last(path: Path) -> dict:
         raise BadInput(f"{exc}{hint}, or use --restart") from None
 
 
+EXPERIMENT_FILES = ("config.json", "command.txt", "provenance.json", "metrics.jsonl", "best.pt", "last.pt",
+                    "last.prev.pt")
+
+
 def train(cache_path: str, output: str | os.PathLike, config: TrainConfig, restart: bool = False,
           argv: list[str] | None = None) -> Path:
-    """Train (or resume) the experiment in ``output``; returns the folder."""
+    """Train (or resume) the experiment in ``output``; returns the folder.
+
+    One process trains into a folder at a time (a second gets ``BadInput``); a folder holding
+    files that are not an experiment's is refused. A run that fails before its first checkpoint
+    removes the experiment files it created.
+    """
+    output = Path(output)
     dist = Distributed()
+    lock = OutputLock(output, "train") if dist.main else nullcontext()
     try:
-        return _train(cache_path, Path(output), config, restart, argv, dist)
+        with lock:
+            existed = set()
+            if dist.main:
+                _check_experiment_folder(output)
+                sweep_temps(output)
+                existed = {name for name in EXPERIMENT_FILES if (output / name).exists()}
+                folder_existed = output.exists()
+            try:
+                return _train(cache_path, output, config, restart, argv, dist)
+            except BaseException:
+                if dist.main and not (output / "last.pt").exists():
+                    for name in set(EXPERIMENT_FILES) - existed:
+                        (output / name).unlink(missing_ok=True)
+                    if not folder_existed and output.is_dir() and not any(output.iterdir()):
+                        output.rmdir()
+                raise
     finally:
         dist.close()
+
+
+def _check_experiment_folder(output: Path) -> None:
+    """Refuse an output that is a file, or a non-empty folder without an experiment's files."""
+    if output.exists() and not output.is_dir():
+        raise BadInput(f"{output}: is a file; -o names the experiment folder")
+    if not output.is_dir():
+        return
+    names = {p.name for p in output.iterdir() if not is_temp_name(p.name)}
+    if names and not names & set(EXPERIMENT_FILES):
+        raise BadInput(f"{output}: a folder with other files in it, not an mss experiment; choose another -o")
 
 
 def _train(cache_path, output: Path, config: TrainConfig, restart, argv, dist: Distributed) -> Path:
@@ -359,7 +395,7 @@ def _train(cache_path, output: Path, config: TrainConfig, restart, argv, dist: D
     if dist.main:
         output.mkdir(parents=True, exist_ok=True)
         _write_json(output / "config.json", resolved)
-        (output / "command.txt").write_text(" ".join(argv or []) + "\n")
+        write_text(output / "command.txt", " ".join(argv or []) + "\n")
         _write_json(output / "provenance.json", ckpt.provenance(
             argv, num_parameters=model.num_parameters, device=str(device), hardware=_hardware(device, dist.world),
             data_fingerprint=cache.fingerprint, plan=config.plan, stage=stage))
@@ -493,9 +529,17 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
     if not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("epoch", 0) <= epoch]
+    kept = [line for line in lines if _epoch_of(line) <= epoch]
     if len(kept) != len(lines):
-        path.write_text("".join(line + "\n" for line in kept))
+        write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _epoch_of(line: str) -> float:
+    """The epoch of a metrics line; a line cut short by a kill counts as past every epoch."""
+    try:
+        return json.loads(line).get("epoch", 0)
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def _hardware(device: torch.device, world: int) -> dict[str, Any]:

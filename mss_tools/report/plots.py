@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from itertools import combinations
@@ -18,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mss_tools.outputs import atomic_path
 from mss_tools.report.runs import Run
 from mss_tools.report.stats import paired_differences
 from mss_tools.report.tables import sources_of
@@ -65,9 +65,8 @@ def save(figure, folder: Path, name: str) -> tuple[Path, Path]:
     with matplotlib.rc_context({"svg.hashsalt": "mss-compare", "svg.fonttype": "none"}):
         for extension, metadata in (("png", {"Software": None}), ("svg", {"Date": None})):
             path = folder / f"{name}.{extension}"
-            tmp = folder / f".{name}.{os.getpid()}.tmp.{extension}"
-            figure.savefig(tmp, format=extension, dpi=110, metadata=metadata)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format=extension, dpi=110, metadata=metadata)
             paths.append(path)
     return paths[0], paths[1]
 
