@@ -282,9 +282,13 @@ class AudioWriter:
         try:
             self._file.close()
         except Exception:
+            self._tmp.unlink(missing_ok=True)
             raise _write_failure(self.path) from None
-        fsync_file(self._tmp)
-        os.replace(self._tmp, self.path)
+        try:
+            fsync_file(self._tmp)
+            os.replace(self._tmp, self.path)
+        finally:
+            self._tmp.unlink(missing_ok=True)
 
     def discard(self) -> None:
         self._file.close()

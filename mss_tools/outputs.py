@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mss_tools.errors import BadInput, MssError
+from mss_tools.errors import BadInput
 
 _TEMP_NAME = re.compile(r"^\..+\.\d+\.tmp$")
 LOCK_SUFFIX = ".lock"
@@ -151,9 +151,12 @@ class OutputLock:
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:  # name the output, not our hidden lock file
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -213,7 +216,7 @@ def check_replaceable(path: str | os.PathLike, is_own: Callable[[Path], bool], w
 
 
 def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
-    """Raise a one-line :class:`MssError` before writing ``needed`` bytes into ``folder`` if they cannot fit."""
+    """Raise ``OSError(ENOSPC)`` naming ``folder`` before writing ``needed`` bytes into it if they cannot fit."""
     folder = Path(folder)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -223,7 +226,8 @@ def check_free_space(folder: str | os.PathLike, needed: int, what: str) -> None:
         return
     free = stats.f_bavail * stats.f_frsize
     if needed > free:
-        raise MssError(f"{folder}: no space left for {what} (needs {_size(needed)}, {_size(free)} free)")
+        raise OSError(errno.ENOSPC, f"No space left on device for {what} (needs {_size(needed)}, {_size(free)} free)",
+                      str(folder))
 
 
 def _size(n: int) -> str:
