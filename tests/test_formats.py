@@ -44,7 +44,8 @@ def strict_json(text: str):
 
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory):
-    """``{"root", "cache", "preds", "scores", "result", "refs", "estimates"}`` after ``mss score preds -o scores.json``."""
+    """``{"root", "cache", "preds", "scores", "result", "refs", "estimates"}`` after
+    ``mss score preds -o scores/model.json``."""
     root = tmp_path_factory.mktemp("formats")
     rng = np.random.default_rng(4)
     t = np.arange(RATE * SECONDS) / RATE
@@ -53,13 +54,15 @@ def scored(tmp_path_factory):
         stems = {"vocals": 0.2 * np.sin(2 * np.pi * (200 + 30 * index) * t) * np.array([[1.0], [0.8]])
                  + 0.02 * rng.standard_normal((2, t.size)),
                  "drums": 0.1 * rng.standard_normal((2, t.size)),
-                 "bass": 0.3 * np.sin(2 * np.pi * 55 * t) * np.array([[1.0], [0.7]]) + 0.01 * rng.standard_normal((2, t.size))}
+                 "bass": 0.3 * np.sin(2 * np.pi * 55 * t) * np.array([[1.0], [0.7]])
+                 + 0.01 * rng.standard_normal((2, t.size))}
         if track == "quiet":
             stems["drums"] = np.zeros((2, t.size))
         if track == "faint":
             stems["bass"] = 1e-5 * rng.standard_normal((2, t.size))
         refs[track] = {k: v.astype(np.float32) for k, v in stems.items()}
-        estimates[track] = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(np.float32) for k, v in refs[track].items()}
+        estimates[track] = {k: (v + 0.01 * rng.standard_normal(v.shape)).astype(np.float32)
+                            for k, v in refs[track].items()}
         if track == "mute":
             estimates[track]["vocals"] = np.zeros_like(refs[track]["vocals"])
         part = root / "parts" / f"{track}.h5"
