@@ -1,12 +1,26 @@
 """``mss score``: metrics of a predictions folder against its references.
 
-Score file (``format="mss-scores"``)::
+Score file (``format="mss-scores"``, defined in :mod:`mss_tools.formats`, which reads and
+writes it)::
 
     {"format": "mss-scores", "format_version": 1, "predictions": ..., "references": ...,
      "sample_rate": ..., "backend": "mss" | "museval", "museval": bool, "metrics": [...],
+     "silent_reference_dbfs": -80.0,
      "tracks": {track: {stem: {"usdr": x, "si_sdr": x, "sdr": median, ..., "frames": {"sdr": [...]}}}},
      "aggregate": {stem: {metric: {"median": ..., "mean": ..., "tracks": n}}},
-     "ill_conditioned": ["track/stem", ...]}
+     "ill_conditioned": ["track/stem", ...], "silent_references": ["track/stem", ...]}
+
+The file is strict JSON: every undefined or non-finite value (a silent frame, a track with
+no finite frame, an aggregate over no track) is ``null``, never a bare ``NaN``. It is
+written under a temporary name and renamed, as are the per-track results kept in
+``<output>.parts/`` while scoring.
+
+A reference stem below :data:`~mss_tools.metrics.SILENT_REFERENCE_DBFS` RMS is silent: its
+(track, stem) has no metric values and no frames, only ``"silent_reference": true``; it is
+named in ``silent_references``, left out of ``aggregate`` (whose ``tracks`` counts the
+tracks that are in) and a warning names it. The track's other stems are evaluated jointly
+without it (a silent reference would make every joint frame undefined and the joint
+BSSEval problem singular).
 
 With ``--museval`` a stem whose joint BSSEval run has an ill-conditioned Gram matrix
 (condition number above :data:`CONDITION_LIMIT`) also gets ``"ill_conditioned": true``: its
@@ -30,12 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from mss_tools import __version__, audio
+from mss_tools import __version__, audio, formats
 from mss_tools.errors import BadInput, MssError
-from mss_tools.metrics import CONDITION_LIMIT, FILTER_METRICS, nanmean, nanmedian, si_sdr, usdr
+from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, is_silent, nanmean, nanmedian,
+                               si_sdr, usdr)
+from mss_tools.outputs import write_json
 from mss_tools.progress import log, progress_bar
 
-SCORES_FORMAT = "mss-scores"
 FRAMEWISE = ("sdr", "isr", "sir", "sar")
 ACCOMPANIMENT = "accompaniment"
 MAX_LENGTH_MISMATCH = 1.0  # seconds; estimates within this are zero-padded/trimmed to the reference
@@ -139,7 +154,8 @@ def evaluation_runs(stems: list[str]) -> list[list[str]]:
 
 def score_track(folder: Path, references: ReferenceSource, split: str | None, with_museval: bool,
                 backend: str, convention: str = "museval") -> dict[str, Any]:
-    """Scores of one track folder: ``{stem: {metric: value, "frames": {...}}}``."""
+    """Scores of one track folder: ``{stem: {metric: value, "frames": {...}}}``; a stem whose
+    reference is silent gets ``{"silent_reference": True}`` and is left out of the joint runs."""
     estimates, rate = read_estimates(folder)
     refs, ref_rate = references.load(folder.name, list(estimates), split)
     if rate != ref_rate:
@@ -154,13 +170,14 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
         fitted = np.zeros_like(refs[stem])
         fitted[:, : min(length, estimate.shape[-1])] = estimate[:, :length]
         estimates[stem] = fitted
-    stems = list(estimates)
-    result: dict[str, Any] = {s: {"usdr": usdr(refs[s], estimates[s]), "si_sdr": si_sdr(refs[s], estimates[s])}
-                              for s in stems}
+    silent = {s for s in estimates if is_silent(refs[s])}
+    stems = [s for s in estimates if s not in silent]
+    result: dict[str, Any] = {s: {"silent_reference": True} for s in silent}
+    result.update({s: {"usdr": usdr(refs[s], estimates[s]), "si_sdr": si_sdr(refs[s], estimates[s])} for s in stems})
+    frames: dict[str, dict[str, list[float]]] = {}
     if with_museval:
-        frames = {}
-        runs = evaluation_runs(stems)
-        for run in runs:
+        runs = [[s for s in run if s not in silent] for run in evaluation_runs(list(estimates))]
+        for run in filter(None, runs):
             scores, conditions = _bsseval(refs, estimates, run, rate, backend)
             for stem, values in scores.items():
                 # museval: the vocals/accompaniment run overwrites vocals; "separate": the first run's vocals stay
@@ -170,7 +187,7 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
             if any(conditions[stem] > CONDITION_LIMIT for stem in run):
                 for stem in run:
                     result[stem]["ill_conditioned"] = True
-    else:
+    elif stems:
         from mss_tools.metrics.bsseval import framewise_sdr
 
         sdr = framewise_sdr(np.stack([refs[s] for s in stems]), np.stack([estimates[s] for s in stems]), rate)
@@ -183,7 +200,7 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
         if result[stem].get("ill_conditioned"):
             log.warning("%s/%s: a reference of its joint evaluation is ill-conditioned (band-limited, mono or "
                         "near-silent); isr/sir/sar are unstable there, in museval too: trust sdr", folder.name, stem)
-    return result
+    return {stem: result[stem] for stem in estimates}
 
 
 def _bsseval(refs, estimates, stems, rate, backend) -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
@@ -211,12 +228,12 @@ def _bsseval(refs, estimates, stems, rate, backend) -> tuple[dict[str, dict[str,
 
 def aggregate(tracks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """SiSEC aggregation: per-track value (already the median over frames), then median and mean over tracks
-    (isr/sir/sar without the tracks flagged ``ill_conditioned``)."""
+    (isr/sir/sar without the tracks flagged ``ill_conditioned``; a silent reference has no values at all)."""
     stems: dict[str, dict[str, list[float]]] = {}
     for scores in tracks.values():
         for stem, metrics in scores.items():
             for metric, value in metrics.items():
-                if metric in ("frames", "ill_conditioned"):
+                if metric == "frames" or metric in formats.STEM_FLAGS:
                     continue
                 if metric in FILTER_METRICS and metrics.get("ill_conditioned"):
                     value = None  # numerically unreliable: left out of the aggregate, as in mss compare
@@ -226,7 +243,8 @@ def aggregate(tracks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str
 
 
 def _folder_stamp(folder: Path, with_museval: bool, backend: str) -> str:
-    items = [f"{with_museval}|{backend}|{__version__}"]
+    # the silence threshold is part of the scoring rules: a change rescores every track
+    items = [f"{with_museval}|{backend}|{__version__}|silent<{SILENT_REFERENCE_DBFS}"]
     for path in sorted(folder.iterdir()):
         stat = path.stat()
         items.append(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}")
@@ -235,21 +253,24 @@ def _folder_stamp(folder: Path, with_museval: bool, backend: str) -> str:
 
 def score(predictions: str | os.PathLike, output: str | os.PathLike | None, references: str | None = None,
           with_museval: bool = False, backend: str = "mss", jobs: int = 1,
-          convention: str = "museval") -> dict[str, Any]:
-    """Score every track folder of ``predictions``; resumable through ``<output>.parts/``."""
-    from mss_tools.separate import read_manifest
+          convention: str = "museval") -> formats.ScoresFile:
+    """Score every track folder of ``predictions``; resumable through ``<output>.parts/``.
 
+    Returns the score document as written (non-finite values as ``None``)."""
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise BadInput(f"{predictions}: no such predictions folder")
+    manifest_path = predictions / formats.MANIFEST_NAME
+    manifest = formats.read_predictions(manifest_path) if manifest_path.exists() else None
     splits: dict[str, str | None] = {}
     if references is None:
-        manifest = read_manifest(predictions)
+        if manifest is None:
+            raise BadInput(f"{manifest_path}: no predictions manifest (name the references with --ref)")
         caches = {e.get("cache") for e in manifest["tracks"] if e.get("cache")}
         if not caches:
-            raise BadInput(f"{predictions}/manifest.json: inputs were audio files; name the references with --ref")
+            raise BadInput(f"{manifest_path}: inputs were audio files; name the references with --ref")
         if len(caches) > 1:
-            raise BadInput(f"{predictions}/manifest.json: tracks come from several caches; name one with --ref")
+            raise BadInput(f"{manifest_path}: tracks come from several caches; name one with --ref")
         references = caches.pop()
         splits = {e["track"]: e.get("split") for e in manifest["tracks"]}
     source = ReferenceSource(references)
@@ -263,15 +284,14 @@ def score(predictions: str | os.PathLike, output: str | os.PathLike | None, refe
     todo = []
     for folder in folders:
         stamp = stamps[folder.name] = _folder_stamp(folder, with_museval, f"{backend}|{convention}")
-        if previous.get("stamps", {}).get(folder.name) == stamp and folder.name in previous.get("tracks", {}):
+        if previous.get("stamps", {}).get(folder.name) == stamp and folder.name in previous["tracks"]:
             results[folder.name] = previous["tracks"][folder.name]
             continue
         part = parts / f"{hashlib.sha256(folder.name.encode()).hexdigest()[:16]}.json" if parts else None
-        if part is not None and part.exists():
-            saved = json.loads(part.read_text())
-            if saved.get("stamp") == stamp:
-                results[folder.name] = saved["scores"]
-                continue
+        saved = _read_part(part, stamp, folder.name) if part is not None else None
+        if saved is not None:
+            results[folder.name] = saved
+            continue
         todo.append((folder, part, stamp))
     if parts:
         parts.mkdir(parents=True, exist_ok=True)
@@ -285,14 +305,13 @@ def score(predictions: str | os.PathLike, output: str | os.PathLike | None, refe
             else:
                 results[folder.name] = outcome
                 if part is not None:
-                    tmp = part.with_name(part.name + ".tmp")
-                    tmp.write_text(json.dumps({"stamp": stamp, "scores": outcome}))
-                    os.replace(tmp, part)
+                    write_json(part, formats.json_values({"stamp": stamp, "scores": outcome}), indent=None)
             bar.advance()
     if failures:
         raise BadInput(f"{len(failures)} of {len(folders)} tracks could not be scored; first: {failures[0]}")
     document = {
-        "format": SCORES_FORMAT, "format_version": 1, "created_by": {"tool": "mss score", "version": __version__},
+        "format": formats.SCORES_FORMAT, "format_version": formats.SCORES_VERSION,
+        "created_by": {"tool": "mss score", "version": __version__},
         "predictions": str(predictions.resolve()), "references": str(Path(references).resolve()),
         "backend": backend if with_museval else "mss", "museval": with_museval,
         "metrics": ["usdr", "si_sdr"] + (list(FRAMEWISE) if with_museval else ["sdr"]),
@@ -301,40 +320,59 @@ def score(predictions: str | os.PathLike, output: str | os.PathLike | None, refe
         "joint_evaluation": "the estimates present are evaluated jointly; with vocals and accompaniment both "
                             "present, vocals/accompaniment is a separate 2-source run and "
                             + ("its vocals scores replace the joint run's (museval, sigsep-mus-eval #65)"
-                               if convention == "museval" else "the joint run's vocals scores are kept"),
-        "aggregation": "median over frames per track, then median (and mean) over tracks",
+                               if convention == "museval" else "the joint run's vocals scores are kept")
+                            + "; a stem whose reference is silent is left out of the joint runs",
+        "aggregation": "median over frames per track, then median (and mean) over tracks; silent references "
+                       "have no values and are left out",
+        "silent_reference_dbfs": SILENT_REFERENCE_DBFS,
         "tracks": {name: results[name] for name in sorted(results)},
     }
     document["aggregate"] = aggregate(document["tracks"])
-    document["ill_conditioned"] = sorted(f"{track}/{stem}" for track, stems in document["tracks"].items()
-                                         for stem, values in stems.items() if values.get("ill_conditioned"))
+    document["ill_conditioned"] = _flagged(document["tracks"], "ill_conditioned")
+    document["silent_references"] = _flagged(document["tracks"], "silent_reference")
     document["stamps"] = {name: stamps[name] for name in sorted(results)}
-    manifest_path = predictions / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
+    if manifest is not None:
         document["model"] = {k: manifest.get(k) for k in ("checkpoint", "arch", "sources", "model_sample_rate")}
         document["sample_rate"] = manifest.get("sample_rate")
+    if document["silent_references"]:
+        silent = document["silent_references"]
+        log.warning("%d (track, stem) pairs have a silent reference (RMS below %g dBFS) and no scores; they are "
+                    "left out of the aggregate: %s", len(silent), SILENT_REFERENCE_DBFS, ", ".join(silent))
+    document = formats.json_values(document)
     if output:
-        output = Path(output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = output.with_name(f".{output.name}.tmp")
-        tmp.write_text(json.dumps(document, indent=1) + "\n")
-        os.replace(tmp, output)
+        formats.write_scores(output, document)
         from mss_tools.cache import remove_tree
 
         remove_tree(parts)
     return document
 
 
+def _flagged(tracks: dict[str, dict[str, Any]], flag: str) -> list[str]:
+    """``"track/stem"`` of every stem carrying ``flag``, sorted."""
+    return sorted(f"{track}/{stem}" for track, stems in tracks.items() for stem, values in stems.items()
+                  if values.get(flag))
+
+
 def _previous(output) -> dict:
-    """An earlier score file at ``output`` (its per-track results are reused when the inputs are unchanged)."""
+    """An earlier score file at ``output`` (its per-track results are reused when the inputs are unchanged);
+    ``{}`` when there is none or it cannot be read."""
     if not output or not Path(output).exists():
         return {}
     try:
-        document = json.loads(Path(output).read_text())
-    except (OSError, json.JSONDecodeError):
+        return formats.read_scores(output)
+    except BadInput:
         return {}
-    return document if document.get("format") == SCORES_FORMAT else {}
+
+
+def _read_part(part: Path, stamp: str, track: str) -> dict[str, Any] | None:
+    """The scores of ``track`` kept in ``part`` by an interrupted run, if made from the same inputs (``stamp``)."""
+    try:
+        saved = json.loads(part.read_text())
+        if not isinstance(saved, dict) or saved.get("stamp") != stamp:
+            return None
+        return formats.check_track_scores(saved.get("scores"), track)
+    except (OSError, ValueError, BadInput):
+        return None
 
 
 def _score_one(folder, source, split, with_museval, backend, convention):

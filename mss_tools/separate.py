@@ -2,7 +2,8 @@
 
 Writes one file per stem, by default ``<output>/<track>/<stem>.wav`` (the layout museval
 and ``mss score`` read), and ``<output>/manifest.json`` naming the checkpoint, every input,
-the sample rate, the output settings and the time separation took.
+the sample rate, the output settings and the time separation took (``format="mss-predictions"``,
+defined, read and written by :mod:`mss_tools.formats`).
 
 Tracks are streamed: the input is read in blocks, resampled to the model's rate block by
 block (:class:`~mss_tools.audio.StreamResampler`), separated chunk by chunk
@@ -18,7 +19,6 @@ whatever the model leaves out of all of its stems lands in ``no_vocals`` too.
 
 from __future__ import annotations
 
-import json
 import os
 import string
 import time
@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from mss_tools import audio
+from mss_tools import audio, formats
 from mss_tools.apply import StreamingSeparator, chunk_hop, default_segment, tta_passes
 from mss_tools.cache import StemCache, is_stem_cache
 from mss_tools.checkpoint import load_model
@@ -40,7 +40,6 @@ from mss_tools.outputs import OutputLock, is_temp_name, sweep_temps
 from mss_tools.runner import TrackFailure, failure_summary, run_tracks
 from mss_tools.progress import log, progress_bar
 
-PREDICTIONS_FORMAT = "mss-predictions"
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 TEMPLATE_FIELDS = ("track", "stem", "ext", "model")
 STEM_MP4 = ".stem.mp4"
@@ -267,7 +266,7 @@ def _check_predictions_folder(output: Path, force: bool) -> None:
     """Refuse an output that is a file, or a non-empty folder that is not a predictions folder (unless ``force``)."""
     if output.exists() and not output.is_dir():
         raise BadInput(f"{output}: is a file; -o names the predictions folder")
-    if force or not output.is_dir() or (output / "manifest.json").exists():
+    if force or not output.is_dir() or (output / formats.MANIFEST_NAME).exists():
         return
     if any(not is_temp_name(p.name) for p in output.iterdir()):
         raise BadInput(f"{output}: a folder with other files in it and no predictions manifest; choose another -o "
@@ -277,14 +276,14 @@ def _check_predictions_folder(output: Path, force: bool) -> None:
 def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str, Path]], output: Path,
                      spec: OutputSpec, settings: dict, stamp: str, checkpoint: str, force: bool, batch_size: int,
                      shifts: int, tta_flip: bool, seed: int) -> int:
-    manifest_path = output / "manifest.json"
-    manifest = _read_manifest(manifest_path)
+    manifest_path = output / formats.MANIFEST_NAME
+    manifest = _previous_manifest(manifest_path)
     if manifest.get("checkpoint_stamp") != stamp or any(manifest.get(k) != v for k, v in settings.items()):
         manifest = {}  # made another way: every track is separated again
     done = {entry["track"] for entry in manifest.get("tracks", [])}
     output.mkdir(parents=True, exist_ok=True)
     manifest.update({
-        "format": PREDICTIONS_FORMAT, "format_version": 1, "checkpoint": checkpoint if checkpoint == MIXTURE_BASELINE else str(Path(checkpoint).resolve()),
+        "checkpoint": checkpoint if checkpoint == MIXTURE_BASELINE else str(Path(checkpoint).resolve()),
         "checkpoint_stamp": stamp, "arch": model.arch, "sources": model.sources, "stems": list(spec.stems),
         "model_sample_rate": model.sample_rate, **settings,
     })
@@ -319,7 +318,7 @@ def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str,
         manifest["sample_rate"] = entry["sample_rate"]
         manifest["timing"] = {key: round(sum(e.get(key, 0.0) for e in manifest["tracks"]), 3)
                               for key in ("audio_seconds", "wall_seconds")}
-        _write_manifest(manifest_path, manifest)
+        formats.write_predictions(manifest_path, manifest)
     if failures:
         log.error("%s", failure_summary(failures, len(tracks)))
     return len(failures)
@@ -436,23 +435,13 @@ def _checkpoint_stamp(path: str) -> str:
     return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
-def _read_manifest(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+def _previous_manifest(path: Path) -> dict:
+    """The manifest an earlier run left at ``path``; ``{}`` (separate every track again) when
+    there is none or it cannot be used."""
+    if not path.exists():
         return {}
-
-
-def _write_manifest(path: Path, manifest: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def read_manifest(folder: str | os.PathLike) -> dict:
-    """The manifest of a predictions folder; raises BadInput if absent."""
-    path = Path(folder) / "manifest.json"
-    manifest = _read_manifest(path)
-    if manifest.get("format") != PREDICTIONS_FORMAT:
-        raise BadInput(f"{path}: no predictions manifest (name the references with --ref)")
-    return manifest
+    try:
+        return formats.read_predictions(path)
+    except BadInput as exc:
+        log.warning("%s; separating every track again", exc)
+        return {}

@@ -88,7 +88,8 @@ def project(tmp_path_factory):
         exp.mkdir(parents=True)
         (exp / "provenance.json").write_text(json.dumps({"num_parameters": params}))
         preds = root / "preds" / model
-        manifest = {"format": "mss-predictions", "checkpoint": str(exp / "best.pt"), "arch": "unet", "tracks": []}
+        manifest = {"format": "mss-predictions", "format_version": 1, "checkpoint": str(exp / "best.pt"),
+                    "arch": "unet", "tracks": []}
         if model == "a":  # timing in total; estimates at <track>/<stem>.wav
             manifest["timing"] = {"audio_seconds": 80.0, "wall_seconds": 40.0}
         tracks = {}

@@ -1,5 +1,3 @@
-import json
-
 import click
 
 from mss_tools.cli.common import command
@@ -24,7 +22,9 @@ def cli(predictions, references, with_museval, backend, convention, jobs, output
 
     Every <track>/<stem>.wav present is an estimate; the stems of a track are evaluated
     jointly. Metrics: usdr, si_sdr and framewise BSSEval v4 sdr (1 s windows); --museval
-    adds isr, sir and sar. Aggregation: median over frames, then median over tracks.
+    adds isr, sir and sar. Aggregation: median over frames, then median over tracks. A stem
+    whose reference is silent (below -80 dBFS RMS) gets no values, is listed under
+    "silent_references" and is left out of the aggregate and of its track's joint evaluation.
 
     \b
     Examples:
@@ -32,11 +32,12 @@ def cli(predictions, references, with_museval, backend, convention, jobs, output
       mss score preds/unet --museval -j 2 -o scores/unet.json
       mss score preds/mine --ref ~/data/musdb18 --museval --backend museval
     """
+    from mss_tools.formats import dumps_scores
     from mss_tools.scoring import score
 
     document = score(predictions, output, references, with_museval, backend, jobs, convention)
     if output is None:
-        click.echo(json.dumps(document, indent=1))
+        click.echo(dumps_scores(document), nl=False)
     else:
         from mss_tools.report import markdown_summary
 

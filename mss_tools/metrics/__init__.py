@@ -16,6 +16,13 @@ USDR_DELTA = 1e-7
 # (see mss_tools.metrics.bsseval.ill_conditioned) and the tools leave them out.
 FILTER_METRICS = ("isr", "sir", "sar")
 CONDITION_LIMIT = 1e12
+# A reference whose RMS over the whole track (all channels; full scale = 1.0) is below this is
+# silent: its SDRs measure only the estimate's energy (an all-zero reference has usdr
+# 10·log10(δ / (‖ŝ‖² + δ)), e.g. -97 dB) and it makes the joint BSSEval run singular.
+# ``mss score`` gives such a (track, stem) no metric values, evaluates the track's other
+# stems jointly without it and leaves it out of every aggregate. -80 dBFS is far below any
+# audible stem and above 16-bit dither (about -96 dBFS).
+SILENT_REFERENCE_DBFS = -80.0
 
 
 def usdr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -32,6 +39,17 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> f
     alpha = np.dot(estimate, reference) / (np.dot(reference, reference) + eps)
     target = alpha * reference
     return float(10 * np.log10((np.sum(target ** 2) + eps) / (np.sum((estimate - target) ** 2) + eps)))
+
+
+def rms_dbfs(signal: np.ndarray) -> float:
+    """RMS level in dB relative to full scale (1.0) of an array of any shape; ``-inf`` for all zeros."""
+    power = float(np.mean(np.square(np.asarray(signal, dtype=np.float64)))) if np.size(signal) else 0.0
+    return float(10 * np.log10(power)) if power > 0 else float("-inf")
+
+
+def is_silent(reference: np.ndarray) -> bool:
+    """Whether a reference ``(channels, time)`` is silent: RMS below :data:`SILENT_REFERENCE_DBFS`."""
+    return rms_dbfs(reference) < SILENT_REFERENCE_DBFS
 
 
 def nanmedian(values) -> float:

@@ -34,7 +34,8 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
     from mss_tools.errors import BadInput
     from mss_tools.progress import log
     from mss_tools.report import stats
-    from mss_tools.report.tables import MODELS_COLUMNS, ill_conditioned_note, model_rows, track_set_warning
+    from mss_tools.report.tables import (MODELS_COLUMNS, ill_conditioned_note, model_rows, silent_reference_note,
+                                         track_set_warning)
 
     if excerpt_seconds <= 0:
         raise BadInput(f"--excerpt-seconds must be positive, not {excerpt_seconds}")
@@ -44,7 +45,7 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
         raise BadInput(f"--bootstrap must be 0 or more, not {bootstrap}")
     runs = load_runs(paths)
     rows = table_rows(runs)
-    notes = [n for n in (track_set_warning(runs), ill_conditioned_note(runs)) if n]
+    notes = [n for n in (track_set_warning(runs), silent_reference_note(runs), ill_conditioned_note(runs)) if n]
     comparisons = stats.all_pairs(runs, bootstrap, seed) if len(runs) > 1 else []
     text = markdown_tables(rows, {run.label: run.info for run in runs})
     if notes:

@@ -1,8 +1,9 @@
 """Score files as model runs: per-track values, framewise values, and what is known about the model.
 
-A *run* is one score file (``format="mss-scores"``, see :mod:`mss_tools.scoring`); its file
-name (without ``.json``) labels the model. Besides the scores, a run knows, when the files
-are still where the score file says:
+A *run* is one score file (``format="mss-scores"``, read and checked by
+:func:`mss_tools.formats.read_scores`); its file name (without ``.json``) labels the model.
+Every figure is computed from its per-track values, never from the ``aggregate`` it stores.
+Besides the scores, a run knows, when the files are still where the score file says:
 
 - the parameter count, from ``provenance.json`` next to the checkpoint named in ``model.checkpoint``
   (written by ``mss train``);
@@ -13,6 +14,9 @@ are still where the score file says:
   ``real_time_factor`` / ``rtf`` (wall seconds per second of audio);
 - where each estimate is: the manifest's per-track ``files`` (``{stem: path relative to the
   folder}``), else ``<predictions>/<track>/<stem>.<ext>``.
+
+A manifest that :func:`mss_tools.formats.read_predictions` refuses is left out with a warning
+(the report then has no speed and looks for estimates at the default place).
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mss_tools import formats
 from mss_tools.errors import BadInput
 from mss_tools.metrics import FILTER_METRICS
+from mss_tools.progress import log
 
-SCORES_FORMAT = "mss-scores"
 METRIC_ORDER = ("sdr", "usdr", "si_sdr", "isr", "sir", "sar")
 RTF_KEYS = ("seconds_per_second", "real_time_factor", "rtf")
 
@@ -38,28 +43,9 @@ def metric_sort_key(metric: str) -> tuple[int, str]:
     return (METRIC_ORDER.index(metric) if metric in METRIC_ORDER else len(METRIC_ORDER), metric)
 
 
-def load_scores(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON document of a score file; ``BadInput`` naming the file when it is missing or malformed."""
-    try:
-        document = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise BadInput(f"{path}: no such score file") from None
-    except IsADirectoryError:
-        raise BadInput(f"{path}: is a folder, not a score file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"{path}: not a readable score file ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != SCORES_FORMAT:
-        raise BadInput(f"{path}: not an mss score file (no format={SCORES_FORMAT!r})")
-    tracks = document.get("tracks")
-    if tracks is None and not isinstance(document.get("aggregate"), dict):
-        raise BadInput(f"{path}: score file has neither 'tracks' nor 'aggregate'")
-    if tracks is not None:
-        if not isinstance(tracks, dict):
-            raise BadInput(f"{path}: 'tracks' is not an object")
-        for track, stems in tracks.items():
-            if not isinstance(stems, dict) or not all(isinstance(v, dict) for v in stems.values()):
-                raise BadInput(f"{path}: track {track!r} does not map stems to metrics")
-    return document
+def load_scores(path: str | os.PathLike) -> formats.ScoresFile:
+    """The checked document of a score file; ``BadInput`` naming the file when it is missing or malformed."""
+    return formats.read_scores(path)
 
 
 def label_of(path: str | os.PathLike) -> str:
@@ -108,17 +94,12 @@ class Run:
         names: list[str] = []
         for stems in self.tracks.values():
             names += [s for s in stems if s not in names]
-        for stem in self.document.get("aggregate") or {}:
-            if stem not in names:
-                names.append(stem)
         return names
 
     def metrics(self, stem: str) -> list[str]:
         """Metrics with a per-track value for ``stem``, in the report's order."""
-        found = {m for stems in self.tracks.values() for m, v in stems.get(stem, {}).items()
-                 if m != "frames" and not isinstance(v, (bool, dict, list))}
-        if not found:
-            found = set((self.document.get("aggregate") or {}).get(stem, {}))
+        found = {m for stems in self.tracks.values() for m in stems.get(stem, {})
+                 if m != "frames" and m not in formats.STEM_FLAGS}
         return sorted(found, key=metric_sort_key)
 
     def track_values(self, stem: str, metric: str) -> dict[str, float]:
@@ -131,6 +112,10 @@ class Run:
     def ill_conditioned(self, stem: str) -> set[str]:
         """Tracks whose isr/sir/sar of ``stem`` ``mss score`` flagged as numerically unreliable."""
         return {track for track, stems in self.tracks.items() if (stems.get(stem) or {}).get("ill_conditioned")}
+
+    def silent_references(self, stem: str) -> set[str]:
+        """Tracks whose reference of ``stem`` ``mss score`` found silent (they have no values for it)."""
+        return {track for track, stems in self.tracks.items() if (stems.get(stem) or {}).get("silent_reference")}
 
     def frames(self, stem: str, metric: str = "sdr") -> dict[str, np.ndarray]:
         """``{track: (frames,) float64}`` framewise values (NaN where the score file holds null)."""
@@ -197,7 +182,11 @@ def run_of(document: dict[str, Any], path: str | os.PathLike, label: str | None 
     """A run of a loaded score document, with its predictions manifest and model facts where present."""
     manifest = {}
     if document.get("predictions"):
-        manifest = _read_json(Path(document["predictions"]) / "manifest.json")
+        manifest_path = Path(document["predictions"]) / formats.MANIFEST_NAME
+        try:
+            manifest = formats.read_predictions(manifest_path) if manifest_path.is_file() else {}
+        except BadInput as exc:
+            log.warning("%s; left out (no speed, estimates looked for at <track>/<stem>)", exc)
     return Run(label or label_of(path), Path(path), document, model_info(document, manifest), manifest)
 
 

@@ -2,7 +2,8 @@
 
 A track's value of a framewise metric is already its median over frames (written by
 ``mss score``); here it is reduced over tracks: median (the SiSEC figure) and mean, NaN
-tracks ignored, ``tracks`` counting the finite ones.
+tracks ignored, ``tracks`` counting the finite ones. A silent reference has no value, so it
+is not counted. The ``aggregate`` stored in a score file is never used.
 """
 
 from __future__ import annotations
@@ -38,16 +39,13 @@ def sources_of(runs: Sequence[Run]) -> list[str]:
 
 
 def table_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """One row per (source, model, metric): ``median``, ``mean`` over tracks and ``tracks`` (the count)."""
+    """One row per (source, model, metric): ``median``, ``mean`` over tracks and ``tracks`` (the count),
+    computed from the per-track values (never from a score file's stored ``aggregate``)."""
     rows = []
     for stem in sources_of(runs):
         for run in runs:
             for metric in run.metrics(stem):
-                if run.tracks:
-                    median, mean, count = summarize(list(run.track_values(stem, metric).values()))
-                else:
-                    given = run.document["aggregate"][stem][metric]
-                    median, mean, count = given.get("median"), given.get("mean"), given.get("tracks", 0)
+                median, mean, count = summarize(list(run.track_values(stem, metric).values()))
                 rows.append({"source": stem, "model": run.label, "metric": metric, "median": median,
                              "mean": mean, "tracks": count})
     return rows
@@ -129,6 +127,25 @@ def ill_conditioned_note(runs: Sequence[Run]) -> str | None:
             f"ill-conditioned ({listed}): museval's filter-based metrics are numerically unstable there "
             "(see the metrics contract); sdr and the other metrics keep every track. A metric with no "
             "track left is not shown.")
+
+
+def silent_reference_note(runs: Sequence[Run], listed: int = 10) -> str | None:
+    """A sentence naming the (track, source) pairs whose reference mss score found silent, or ``None``."""
+    named = []
+    for run in runs:
+        pairs = sorted(f"{track}/{stem}" for stem in run.stems for track in run.silent_references(stem))
+        if pairs:
+            more = f" and {len(pairs) - listed} more" if len(pairs) > listed else ""
+            named.append(f"{run.label} {len(pairs)}: {', '.join(pairs[:listed])}{more}")
+    if not named:
+        return None
+    threshold = next((run.document["silent_reference_dbfs"] for run in runs
+                      if "silent_reference_dbfs" in run.document), None)
+    level = f"RMS below {threshold:g} dBFS" if threshold is not None else "flagged by mss score"
+    return (f"Silent references ({level}) are left out of every metric, table and paired statistic: "
+            f"{'; '.join(named)}. The SDR of a silent reference measures only the estimate's energy; "
+            "mss score gave these (track, source) pairs no values and evaluated the other sources of "
+            "their tracks without them.")
 
 
 def track_set_warning(runs: Sequence[Run]) -> str | None:
