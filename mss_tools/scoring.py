@@ -33,10 +33,8 @@ tracks of the same per-track values.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import hashlib
 import json
-import multiprocessing
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +46,9 @@ from mss_tools import __version__, audio, formats
 from mss_tools.errors import BadInput, MssError
 from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, is_silent, nanmean, nanmedian,
                                si_sdr, usdr)
-from mss_tools.outputs import write_json
+from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
 from mss_tools.progress import log, progress_bar
+from mss_tools.runner import TrackFailure, failure_summary, run_tracks
 
 FRAMEWISE = ("sdr", "isr", "sir", "sar")
 ACCOMPANIMENT = "accompaniment"
@@ -63,7 +62,7 @@ class ReferenceSource:
     path: str
 
     def __post_init__(self):
-        from mss_tools.separate import is_stem_cache
+        from mss_tools.cache import is_stem_cache
 
         self.is_cache = is_stem_cache(Path(self.path))
         self._dataset = None
@@ -253,10 +252,12 @@ def _folder_stamp(folder: Path, with_museval: bool, backend: str) -> str:
 
 def score(predictions: str | os.PathLike, output: str | os.PathLike | None, references: str | None = None,
           with_museval: bool = False, backend: str = "mss", jobs: int = 1,
-          convention: str = "museval") -> formats.ScoresFile:
+          convention: str = "museval", force: bool = False) -> formats.ScoresFile:
     """Score every track folder of ``predictions``; resumable through ``<output>.parts/``.
 
-    Returns the score document as written (non-finite values as ``None``)."""
+    One writer per score file; an existing ``output`` is replaced only if it is a score file of
+    the same predictions (or with ``force``). Returns the score document as written
+    (non-finite values as ``None``)."""
     predictions = Path(predictions)
     if not predictions.is_dir():
         raise BadInput(f"{predictions}: no such predictions folder")
@@ -273,15 +274,47 @@ def score(predictions: str | os.PathLike, output: str | os.PathLike | None, refe
             raise BadInput(f"{manifest_path}: tracks come from several caches; name one with --ref")
         references = caches.pop()
         splits = {e["track"]: e.get("split") for e in manifest["tracks"]}
-    source = ReferenceSource(references)
     folders = sorted(p for p in predictions.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise BadInput(f"{predictions}: no track folders")
-    parts = Path(output).with_name(Path(output).name + ".parts") if output else None
+    scorer = _TrackScorer(ReferenceSource(references), splits, with_museval, backend, convention)
+    if not output:
+        return _score_folders(folders, scorer, predictions, references, manifest, None, jobs)
+    output = Path(output)
+    with OutputLock(output, "score"):
+        check_replaceable(output, lambda path: _predictions_of(path) == str(predictions.resolve()),
+                          f"a score file of {predictions}", force)
+        remove_stale_temps(output)
+        sweep_temps(output.with_name(output.name + ".parts"))
+        return _score_folders(folders, scorer, predictions, references, manifest, output, jobs)
+
+
+@dataclass
+class _TrackScorer:
+    """Scores one track folder (picklable, for ``-j`` workers)."""
+
+    references: ReferenceSource
+    splits: dict[str, str | None]
+    with_museval: bool
+    backend: str
+    convention: str
+
+    def __call__(self, folder: Path) -> dict[str, Any]:
+        try:
+            return score_track(folder, self.references, self.splits.get(folder.name), self.with_museval,
+                               self.backend, self.convention)
+        except MssError as exc:
+            raise type(exc)(f"{folder}: {exc}" if str(folder) not in str(exc) else str(exc)) from None
+
+
+def _score_folders(folders: list[Path], scorer: _TrackScorer, predictions: Path, references: str,
+                   manifest: formats.PredictionsManifest | None, output: Path | None, jobs: int) -> formats.ScoresFile:
+    with_museval, backend, convention = scorer.with_museval, scorer.backend, scorer.convention
+    parts = output.with_name(output.name + ".parts") if output else None
     results: dict[str, Any] = {}
     stamps: dict[str, str] = {}
     previous = _previous(output)
-    todo = []
+    todo, part_of = [], {}
     for folder in folders:
         stamp = stamps[folder.name] = _folder_stamp(folder, with_museval, f"{backend}|{convention}")
         if previous.get("stamps", {}).get(folder.name) == stamp and folder.name in previous["tracks"]:
@@ -292,23 +325,25 @@ def score(predictions: str | os.PathLike, output: str | os.PathLike | None, refe
         if saved is not None:
             results[folder.name] = saved
             continue
-        todo.append((folder, part, stamp))
+        todo.append(folder)
+        part_of[folder.name] = part
     if parts:
         parts.mkdir(parents=True, exist_ok=True)
     failures = []
     with progress_bar(len(folders), "score") as bar:
         bar.advance(len(folders) - len(todo))
-        for (folder, part, stamp), outcome in _map(todo, source, splits, with_museval, backend, jobs, convention):
-            if isinstance(outcome, str):
+        for folder, outcome in run_tracks(scorer, todo, jobs):
+            if isinstance(outcome, TrackFailure):
                 failures.append(outcome)
                 log.error("%s", outcome)
             else:
                 results[folder.name] = outcome
-                if part is not None:
-                    write_json(part, formats.json_values({"stamp": stamp, "scores": outcome}), indent=None)
+                if part_of[folder.name] is not None:
+                    write_json(part_of[folder.name], formats.json_values(
+                        {"stamp": stamps[folder.name], "scores": outcome}), indent=None)
             bar.advance()
     if failures:
-        raise BadInput(f"{len(failures)} of {len(folders)} tracks could not be scored; first: {failures[0]}")
+        raise BadInput(failure_summary(failures, len(folders)))
     document = {
         "format": formats.SCORES_FORMAT, "format_version": formats.SCORES_VERSION,
         "created_by": {"tool": "mss score", "version": __version__},
@@ -353,6 +388,14 @@ def _flagged(tracks: dict[str, dict[str, Any]], flag: str) -> list[str]:
                   if values.get(flag))
 
 
+def _predictions_of(path: Path) -> str | None:
+    """The predictions folder a score file at ``path`` scored (None for any other file)."""
+    try:
+        return formats.read_scores(path).get("predictions")
+    except BadInput:
+        return None
+
+
 def _previous(output) -> dict:
     """An earlier score file at ``output`` (its per-track results are reused when the inputs are unchanged);
     ``{}`` when there is none or it cannot be read."""
@@ -373,24 +416,3 @@ def _read_part(part: Path, stamp: str, track: str) -> dict[str, Any] | None:
         return formats.check_track_scores(saved.get("scores"), track)
     except (OSError, ValueError, BadInput):
         return None
-
-
-def _score_one(folder, source, split, with_museval, backend, convention):
-    try:
-        return score_track(folder, source, split, with_museval, backend, convention)
-    except MssError as exc:
-        return f"{folder}: {exc}" if str(folder) not in str(exc) else str(exc)
-
-
-def _map(todo, source, splits, with_museval, backend, jobs, convention):
-    if jobs <= 1 or len(todo) <= 1:
-        for item in todo:
-            yield item, _score_one(item[0], source, splits.get(item[0].name), with_museval, backend, convention)
-        return
-    context = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_score_one, item[0], source, splits.get(item[0].name), with_museval, backend,
-                               convention): item
-                   for item in todo}
-        for future in cf.as_completed(futures):
-            yield futures[future], future.result()

@@ -77,13 +77,26 @@ def test_concurrent_preps_never_leave_a_corrupt_cache(tmp_path):
             assert np.array_equal(a[f"test/{track}/vocals"][()], b[f"test/{track}/vocals"][()])
 
 
-@pytest.mark.parametrize("tool", ["remix", "train", "separate"])
-def test_every_writer_takes_the_output_lock(tool, demo_cache, trained_unet, tmp_path):
-    output = {"remix": tmp_path / "plan.h5", "train": tmp_path / "exp", "separate": tmp_path / "preds"}[tool]
+@pytest.fixture(scope="module")
+def scored(demo_cache, trained_unet, tmp_path_factory):
+    """Predictions of the trained U-Net on the test split and their score file."""
+    folder = tmp_path_factory.mktemp("scored")
+    assert invoke("separate", trained_unet / "best.pt", demo_cache, "--split", "test",
+                  "-o", folder / "preds").exit_code == 0
+    assert invoke("score", folder / "preds", "-o", folder / "unet.json").exit_code == 0
+    return folder / "preds", folder / "unet.json"
+
+
+@pytest.mark.parametrize("tool", ["remix", "train", "separate", "score", "compare"])
+def test_every_writer_takes_the_output_lock(tool, demo_cache, trained_unet, scored, tmp_path):
+    output = {"remix": tmp_path / "plan.h5", "train": tmp_path / "exp", "separate": tmp_path / "preds",
+              "score": tmp_path / "scores.json", "compare": tmp_path / "report"}[tool]
     args = {"remix": ["remix", demo_cache, output, "--examples", "2", "--segment", "1"],
             "train": ["train", "--arch", "unet", "--arch-opt", "depth=2", "--epochs", "1", "--steps-per-epoch", "1",
                       "--batch-size", "2", "--segment", "1", demo_cache, "-o", output],
-            "separate": ["separate", trained_unet / "best.pt", demo_cache, "--split", "test", "-o", output]}[tool]
+            "separate": ["separate", trained_unet / "best.pt", demo_cache, "--split", "test", "-o", output],
+            "score": ["score", scored[0], "-o", output],
+            "compare": ["compare", scored[1], "-o", output, "--no-listening"]}[tool]
     with OutputLock(output, tool):
         result = invoke(*args)
     assert result.exit_code == 2
@@ -134,7 +147,7 @@ def test_remix_refuses_to_replace_a_foreign_file(demo_cache, tmp_path):
     assert render.exit_code == 2 and notes.read_text() == "keep me"
 
 
-def test_train_and_separate_refuse_a_folder_of_other_files(demo_cache, trained_unet, tmp_path):
+def test_train_separate_and_compare_refuse_a_folder_of_other_files(demo_cache, trained_unet, scored, tmp_path):
     folder = tmp_path / "documents"
     folder.mkdir()
     (folder / "config.yaml").write_text("mine")
@@ -142,7 +155,25 @@ def test_train_and_separate_refuse_a_folder_of_other_files(demo_cache, trained_u
     assert train.exit_code == 2 and "not an mss experiment" in one_error_line(train.output)
     separate = invoke("separate", trained_unet / "best.pt", demo_cache, "--split", "test", "-o", folder)
     assert separate.exit_code == 2 and "no predictions manifest" in one_error_line(separate.output)
+    compare = invoke("compare", scored[1], "-o", folder, "--no-listening")
+    assert compare.exit_code == 2 and "not an mss report" in one_error_line(compare.output)
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml"]
+    assert invoke("compare", scored[1], "-o", folder, "--no-listening", "--force").exit_code == 0
+    assert (folder / "config.yaml").read_text() == "mine" and (folder / "RESULTS.md").exists()
+
+
+def test_score_refuses_to_replace_a_file_that_is_not_its_score_file(scored, tmp_path):
+    predictions, _ = scored
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}\n')
+    result = invoke("score", predictions, "-o", notes)
+    assert result.exit_code == 2 and "not a score file of" in one_error_line(result.output)
+    assert notes.read_text() == '{"mine": true}\n'
+    own = tmp_path / "own.json"
+    assert invoke("score", predictions, "-o", own).exit_code == 0
+    assert invoke("score", predictions, "-o", own).exit_code == 0  # its own: rescored (here: reused)
+    assert invoke("score", predictions, "-o", notes, "--force").exit_code == 0
+    assert json.loads(notes.read_text())["format"] == "mss-scores"
 
 
 # -- leftovers -------------------------------------------------------------------------------------
@@ -265,7 +296,7 @@ def test_a_full_disk_during_prep_is_one_line_and_the_rerun_resumes(stem_folder, 
                     assert np.array_equal(a[f"{split}/{track}/{name}"][()], b[f"{split}/{track}/{name}"][()])
 
 
-def test_read_only_and_full_filesystems_are_one_line_for_every_tool(demo_cache, trained_unet, tmp_path, monkeypatch):
+def test_read_only_filesystems_are_one_line_for_every_tool(demo_cache, trained_unet, scored, tmp_path, monkeypatch):
     """os.replace is where every atomic write lands; a read-only filesystem refuses it."""
     import mss_tools.outputs as outputs
 
@@ -279,13 +310,15 @@ def test_read_only_and_full_filesystems_are_one_line_for_every_tool(demo_cache, 
         "train": ["train", "--arch", "unet", "--arch-opt", "depth=2", "--epochs", "1", "--steps-per-epoch", "1",
                   "--batch-size", "2", "--segment", "1", demo_cache, "-o", tmp_path / "exp"],
         "separate": ["separate", trained_unet / "best.pt", demo_cache, "--split", "test", "-o", tmp_path / "preds"],
+        "score": ["score", scored[0], "-o", tmp_path / "scores.json"],
+        "compare": ["compare", scored[1], "-o", tmp_path / "report", "--no-listening"],
     }
     for tool, args in cases.items():
         result = invoke(*args)
         assert result.exit_code == 1, (tool, result.output)
         assert "Read-only file system" in one_error_line(result.output), tool
         assert not list(tmp_path.rglob("*.tmp")), tool
-    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "p.h5").exists()
+    assert not any((tmp_path / name).exists() for name in ("c.h5", "p.h5", "scores.json", "report/RESULTS.md"))
 
 
 def _can_mount() -> bool:

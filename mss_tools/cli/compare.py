@@ -15,7 +15,8 @@ from mss_tools.cli.common import command
 @click.option("--bootstrap", type=click.IntRange(min=0), default=10000,
               help="Bootstrap resamples for the confidence intervals of mean differences (0: none).")
 @click.option("--seed", type=int, default=0, help="Seed of the bootstrap.")
-def cli(scores, output, no_listening, excerpt_seconds, excerpts, bootstrap, seed):
+@click.option("--force", is_flag=True, help="Write into OUTPUT even if it holds files that are not a report's.")
+def cli(scores, output, no_listening, excerpt_seconds, excerpts, bootstrap, seed, force):
     """Compare the score files SCORES (one per model; the file name labels the model).
 
     Prints one Markdown table per source to stdout: for each model its parameter count and
@@ -38,4 +39,4 @@ def cli(scores, output, no_listening, excerpt_seconds, excerpts, bootstrap, seed
     from mss_tools.report import compare
 
     click.echo(compare(scores, output, listening=not no_listening, excerpt_seconds=excerpt_seconds,
-                       excerpts=excerpts, bootstrap=bootstrap, seed=seed), nl=False)
+                       excerpts=excerpts, bootstrap=bootstrap, seed=seed, force=force), nl=False)

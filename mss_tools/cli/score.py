@@ -17,7 +17,8 @@ from mss_tools.cli.common import command
 @click.option("-j", "--jobs", type=int, default=1, help="Tracks scored in parallel.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Score file (JSON); default: print the JSON to stdout.")
-def cli(predictions, references, with_museval, backend, convention, jobs, output):
+@click.option("--force", is_flag=True, help="Replace OUTPUT even if it is not a score file of PREDICTIONS.")
+def cli(predictions, references, with_museval, backend, convention, jobs, output, force):
     """Score the separated stems in PREDICTIONS against their references.
 
     Every <track>/<stem>.wav present is an estimate; the stems of a track are evaluated
@@ -35,7 +36,7 @@ def cli(predictions, references, with_museval, backend, convention, jobs, output
     from mss_tools.formats import dumps_scores
     from mss_tools.scoring import score
 
-    document = score(predictions, output, references, with_museval, backend, jobs, convention)
+    document = score(predictions, output, references, with_museval, backend, jobs, convention, force)
     if output is None:
         click.echo(dumps_scores(document), nl=False)
     else:

@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from mss_tools.errors import BadInput
+from mss_tools.outputs import OutputLock, is_temp_name, sweep_temps, write_text
 from mss_tools.report.runs import Run, label_of, load_runs, load_scores
 from mss_tools.report.tables import csv_text, markdown_tables, table_rows
 
@@ -24,18 +26,17 @@ MAX_EXCERPTS = 3
 
 
 def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None = None, listening: bool = True,
-            excerpt_seconds: float = 8.0, excerpts: int = 2, bootstrap: int = 10000, seed: int = 0) -> str:
+            excerpt_seconds: float = 8.0, excerpts: int = 2, bootstrap: int = 10000, seed: int = 0,
+            force: bool = False) -> str:
     """Compare the score files ``paths``; returns the Markdown (tables and paired statistics) for stdout.
 
     With ``output`` (a folder) also writes ``RESULTS.md``, ``results.csv``, ``models.csv``, ``pairs.csv``,
     ``plots/*.png|svg`` and ``index.html`` (with a listening section of ``excerpts`` excerpts per
-    category of ``excerpt_seconds`` each, unless ``listening`` is false).
+    category of ``excerpt_seconds`` each, unless ``listening`` is false). One writer per report folder;
+    a folder of other files is refused unless ``force``.
     """
-    from mss_tools.errors import BadInput
-    from mss_tools.progress import log
     from mss_tools.report import stats
-    from mss_tools.report.tables import (MODELS_COLUMNS, ill_conditioned_note, model_rows, silent_reference_note,
-                                         track_set_warning)
+    from mss_tools.report.tables import ill_conditioned_note, silent_reference_note, track_set_warning
 
     if excerpt_seconds <= 0:
         raise BadInput(f"--excerpt-seconds must be positive, not {excerpt_seconds}")
@@ -55,10 +56,36 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
     if output is None:
         return text
 
-    from mss_tools.report import html, plots
-    from mss_tools.report import listening as listening_module
+    with OutputLock(Path(output), "compare"):
+        _check_report_folder(Path(output), force)
+        sweep_temps(output)
+        _write_report(Path(output), runs, rows, notes, comparisons, text, listening, excerpt_seconds, excerpts,
+                      bootstrap, seed)
+    return text
 
-    folder = Path(output)
+
+REPORT_FILES = ("RESULTS.md", "results.csv", "models.csv", "pairs.csv", "index.html", "plots")
+
+
+def _check_report_folder(folder: Path, force: bool) -> None:
+    """Refuse a file, or a non-empty folder holding none of a report's files (unless ``force``)."""
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{folder}: is a file; -o names the report folder")
+    if force or not folder.is_dir():
+        return
+    names = {p.name for p in folder.iterdir() if not is_temp_name(p.name)}
+    if names and not names & set(REPORT_FILES):
+        raise BadInput(f"{folder}: a folder with other files in it, not an mss report; choose another -o "
+                       f"(or --force to write into it)")
+
+
+def _write_report(folder: Path, runs, rows, notes, comparisons, text: str, listening: bool, excerpt_seconds: float,
+                  excerpts: int, bootstrap: int, seed: int) -> None:
+    from mss_tools.progress import log
+    from mss_tools.report import html, plots, stats
+    from mss_tools.report import listening as listening_module
+    from mss_tools.report.tables import MODELS_COLUMNS, model_rows
+
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "results.csv", csv_text(rows))
     write_text(folder / "models.csv", csv_text(model_rows(runs), MODELS_COLUMNS))
@@ -76,7 +103,6 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
     page = html.render(runs, rows, notes, comparisons, bootstrap, seed, figures, folder, clips, excerpt_seconds)
     write_text(folder / "index.html", page)
     log.info("wrote %s", folder / "index.html")
-    return text
 
 
 def markdown_summary(documents: Sequence[dict], paths: Sequence[str | os.PathLike]) -> str:
@@ -85,10 +111,3 @@ def markdown_summary(documents: Sequence[dict], paths: Sequence[str | os.PathLik
 
     runs = [run_of(document, path) for document, path in zip(documents, paths)]
     return markdown_tables(table_rows(runs), {run.label: run.info for run in runs})
-
-
-def write_text(path: Path, text: str) -> None:
-    """Write ``text`` under a temporary name, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
