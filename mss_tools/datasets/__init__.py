@@ -129,12 +129,10 @@ def discover(source: str, layout: str = "auto", sources: Sequence[str] | None = 
         root = Path(source)
         if not root.is_dir():
             raise BadInput(f"{source}: no such folder (or use 'demo' for the built-in corpus)")
-        if layout == "auto":
-            layout = "musdb" if musdb.looks_like_musdb(root) else "folder"
-        if layout == "musdb":
+        if layout == "musdb" or (layout == "auto" and musdb.looks_like_musdb(root)):
             dataset = musdb.discover_stem_mp4(root)
         else:
-            dataset = folder.discover_folder(root, layout)
+            dataset = folder.discover_folder(root, layout)  # "auto" tells MUSDB18-HQ from other folders
         default_valid = musdb.VALIDATION_TRACKS if dataset.layout in ("musdb", "musdb-hq") else ()
         chosen = valid_tracks or valid_fraction or any(t.split == "valid" for t in dataset.tracks)
         if not chosen and default_valid and not any(t.name in default_valid for t in dataset.tracks
