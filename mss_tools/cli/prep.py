@@ -24,7 +24,8 @@ from mss_tools.cli.common import (MIN_SAMPLE_RATE, POSITIVE_INT, SEED, FiniteFlo
 @click.option("-j", "--jobs", type=POSITIVE_INT, default=1, help="Tracks decoded in parallel.")
 @click.option("--force", is_flag=True, help="Rebuild even if OUTPUT is up to date.")
 @click.option("--demo-tracks", type=IntegerRange(min=3), default=20,
-              help="Demo corpus: number of tracks (a fifth, 1 to 3, each for valid and test; at least one train track).")
+              help="Demo corpus: number of tracks (a fifth, 1 to 3, each for valid and test; "
+                   "at least one train track).")
 @click.option("--demo-duration", type=FiniteFloatRange(min=1.0), default=12.0,
               help="Demo corpus: seconds per track (at least one BSSEval window, 1 s).")
 def cli(source, output, sample_rate, layout, sources, valid_tracks, valid_fraction, seed, skip_bad, jobs, force,

@@ -79,16 +79,19 @@ def _load_config(ctx, param, value):
 @click.option("--print-config", is_flag=True, help="Print the resolved architecture config and exit.")
 @click.option("--targets", default=None, help="Comma-separated sources to separate (default: every cache source).")
 @click.option("--loss", default=None, help="Loss name (default: the architecture's paper loss).")
-@click.option("--segment", type=POSITIVE_FLOAT, default=None, help="Training segment in seconds (default: per architecture).")
+@click.option("--segment", type=POSITIVE_FLOAT, default=None,
+              help="Training segment in seconds (default: per architecture).")
 @click.option("--plan", type=click.Path(dir_okay=False), default=None,
               help="Train on the examples of this mix plan (default: random remixes drawn on the fly).")
 @mix_options
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="Warm start from this checkpoint (e.g. the previous curriculum stage's best.pt).")
 @click.option("--batch-size", type=POSITIVE_INT, default=8, help="Global batch size (all processes together).")
-@click.option("--accum-steps", type=POSITIVE_INT, default=1, help="Gradient accumulation: micro-batches per optimizer step.")
+@click.option("--accum-steps", type=POSITIVE_INT, default=1,
+              help="Gradient accumulation: micro-batches per optimizer step.")
 @click.option("--epochs", type=POSITIVE_INT, default=10)
-@click.option("--steps-per-epoch", type=POSITIVE_INT, default=100, help="Optimizer steps per epoch (validation after each).")
+@click.option("--steps-per-epoch", type=POSITIVE_INT, default=100,
+              help="Optimizer steps per epoch (validation after each).")
 @click.option("--lr", type=POSITIVE_FLOAT, default=3e-4, help="Adam learning rate.")
 @click.option("--weight-decay", type=NON_NEGATIVE_FLOAT, default=0.0)
 @click.option("--grad-clip", type=NON_NEGATIVE_FLOAT, default=5.0, help="Max gradient norm (0: off).")
@@ -99,15 +102,20 @@ def _load_config(ctx, param, value):
               help="Final learning rate of the cosine schedule (at most --lr).")
 @click.option("--plateau-patience", type=NON_NEGATIVE_INT, default=3,
               help="Epochs without improvement before the plateau schedule halves the learning rate.")
-@click.option("--patience", type=NON_NEGATIVE_INT, default=0, help="Early stop after this many epochs without improvement (0: off).")
+@click.option("--patience", type=NON_NEGATIVE_INT, default=0,
+              help="Early stop after this many epochs without improvement (0: off).")
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", help="Mixed precision (CUDA).")
-@click.option("--ema", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.0, help="EMA decay of the weights, e.g. 0.999 (0: off).")
+@click.option("--ema", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.0,
+              help="EMA decay of the weights, e.g. 0.999 (0: off).")
 @click.option("--activation-checkpointing", is_flag=True,
               help="Recompute each block's activations in the backward pass instead of storing them (BSRNN "
                    "blocks, Demucs layers): much less memory for ~30%% more compute; same results.")
-@click.option("--valid-seconds", type=POSITIVE_FLOAT, default=None, help="Validate on at most this many seconds per track.")
-@click.option("--checkpoint-every", type=NON_NEGATIVE_INT, default=0, help="Also save last.pt every N steps (0: epoch ends).")
-@click.option("--max-bad-steps", type=POSITIVE_INT, default=10, help="Stop after this many consecutive non-finite losses.")
+@click.option("--valid-seconds", type=POSITIVE_FLOAT, default=None,
+              help="Validate on at most this many seconds per track.")
+@click.option("--checkpoint-every", type=NON_NEGATIVE_INT, default=0,
+              help="Also save last.pt every N steps (0: epoch ends).")
+@click.option("--max-bad-steps", type=POSITIVE_INT, default=10,
+              help="Stop after this many consecutive non-finite losses.")
 @click.option("-j", "--jobs", "workers", type=NON_NEGATIVE_INT, default=0,
               help="DataLoader worker processes (0: load examples in the training process).")
 @click.option("--nproc", type=POSITIVE_INT, default=1, help="Launch this many processes with torchrun (DDP).")
