@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 MSS = [sys.executable, "-m", "mss_tools"]

@@ -11,6 +11,9 @@ import errno
 import math
 import os
 import shutil
+import sys
+import tempfile
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import soundfile as sf
 
 from mss_tools.errors import BadInput
 from mss_tools.outputs import atomic_path, fsync_file, temp_path
+from mss_tools.progress import log
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 SUBTYPES = {"PCM_16": "PCM_16", "PCM_24": "PCM_24", "FLOAT": "FLOAT", "16": "PCM_16", "24": "PCM_24",
@@ -28,18 +32,20 @@ SUBTYPES = {"PCM_16": "PCM_16", "PCM_24": "PCM_24", "FLOAT": "FLOAT", "16": "PCM
 def audio_info(path: str | os.PathLike) -> tuple[int, int, int]:
     """(sample_rate, channels, frames) of an audio file without decoding it."""
     try:
-        info = sf.info(str(path))
+        with _decoder_messages_to_debug_log(path):
+            info = sf.info(str(path))
     except Exception as exc:  # soundfile raises RuntimeError/LibsndfileError/TypeError
-        raise BadInput(f"{path}: not a readable audio file ({_short(exc)})") from None
+        raise _unreadable(path, exc, "not a readable audio file") from None
     return info.samplerate, info.channels, info.frames
 
 
 def read_audio(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
     """Decode ``path`` to ``(channels, time)`` float32 and its sample rate."""
     try:
-        data, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+        with _decoder_messages_to_debug_log(path):
+            data, rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except Exception as exc:
-        raise BadInput(f"{path}: cannot decode audio ({_short(exc)})") from None
+        raise _unreadable(path, exc, "cannot decode audio") from None
     if data.shape[0] == 0 and frames != 0:
         raise BadInput(f"{path}: audio file holds no samples")
     if not np.isfinite(data).all():
@@ -146,8 +152,62 @@ def read_stem_mp4(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
 
 def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:200] if text else type(exc).__name__
+    """The last line of an exception's message, whole (libsndfile's own reason when there is one)."""
+    reason = getattr(exc, "error_string", None)  # soundfile.LibsndfileError, without "Error opening <path>:"
+    text = [line.strip() for line in str(reason or exc).splitlines() if line.strip()]
+    return text[-1] if text else type(exc).__name__
+
+
+def _unreadable(path: str | os.PathLike, exc: Exception, problem: str) -> BadInput:
+    """The error for an audio file that libsndfile cannot open or decode."""
+    location = Path(path)
+    if location.is_symlink() and not location.exists():
+        return BadInput(f"{path}: {problem} (a broken symbolic link: its target does not exist or loops)")
+    if not location.exists():
+        return BadInput(f"{path}: {problem} (no such file)")
+    if location.is_dir():
+        return BadInput(f"{path}: {problem} (a folder, not a file)")
+    reason = _short(exc)
+    if reason.startswith("File does not exist or is not a regular file"):
+        # libsndfile's answer when its MP3 decoder rejects the data; the file does exist
+        reason = f"the file exists but cannot be decoded: corrupt, or not {location.suffix.lstrip('.') or 'audio'} data"
+    return BadInput(f"{path}: {problem} ({reason})")
+
+
+@contextmanager
+def _decoder_messages_to_debug_log(path: str | os.PathLike):
+    """While an MP3 is opened or read, send what libmpg123 (libsndfile's MP3 decoder) prints straight to
+    file descriptor 2 to the debug log (``-v``) instead of the terminal; other formats are left alone.
+
+    Descriptor 2 is process-wide: whatever another thread writes to stderr meanwhile goes to the
+    debug log as well (mss reads audio in one thread; only a progress bar refresh can be caught).
+    """
+    if not str(path).lower().endswith(".mp3"):
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no stderr, or no descriptor 2 to save
+        yield
+        return
+    try:
+        sink = tempfile.TemporaryFile()
+    except OSError:
+        os.close(saved)
+        yield
+        return
+    with sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages = [line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip()]
+            if messages:
+                log.debug("%s: decoder messages: %s", path, " | ".join(messages))
 
 
 def time_stretch(audio: np.ndarray, rate: float, n_fft: int = 1024) -> np.ndarray:
@@ -196,9 +256,10 @@ class AudioReader:
     def __init__(self, path: str | os.PathLike):
         self.path = str(path)
         try:
-            self._file = sf.SoundFile(self.path)
+            with _decoder_messages_to_debug_log(self.path):
+                self._file = sf.SoundFile(self.path)
         except Exception as exc:
-            raise BadInput(f"{path}: not a readable audio file ({_short(exc)})") from None
+            raise _unreadable(path, exc, "not a readable audio file") from None
         self.sample_rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         self.frames = int(self._file.frames)
@@ -210,9 +271,10 @@ class AudioReader:
         """``(channels, frames)`` from sample ``start`` (fewer at the end of the file)."""
         frames = min(frames, self.frames - start)
         try:
-            if self._file.tell() != start:
-                self._file.seek(start)
-            data = self._file.read(frames, dtype="float32", always_2d=True)
+            with _decoder_messages_to_debug_log(self.path):
+                if self._file.tell() != start:
+                    self._file.seek(start)
+                data = self._file.read(frames, dtype="float32", always_2d=True)
         except Exception as exc:
             raise BadInput(f"{self.path}: cannot decode audio at sample {start} ({_short(exc)})") from None
         if data.shape[0] != frames:

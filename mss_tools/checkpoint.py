@@ -8,16 +8,18 @@ scheduler, step, RNG states...).
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mss_tools import __version__
-from mss_tools.errors import BadInput
+from mss_tools.errors import BadInput, first_sentence
 from mss_tools.outputs import atomic_path, temp_path
 
 CHECKPOINT_FORMAT = "mss-checkpoint"
@@ -91,10 +93,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{path}: no such checkpoint")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{path}: not a readable checkpoint (empty file)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols before it fails on a plain pickle
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BadInput(f"{path}: not a readable checkpoint (not a torch.save file of tensors and plain values; "
+                       "a plain pickle?)") from None
     except Exception as exc:
-        raise BadInput(f"{path}: not a readable checkpoint ({str(exc).splitlines()[0][:160]})") from None
+        raise BadInput(f"{path}: not a readable checkpoint ({first_sentence(exc) or type(exc).__name__})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise BadInput(f"{path}: not an mss checkpoint")
     if int(payload.get("format_version", 0)) > CHECKPOINT_FORMAT_VERSION:
@@ -111,7 +120,7 @@ def model_from_payload(payload: dict[str, Any], origin: str = "checkpoint"):
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
+        first = first_sentence(exc)
         raise BadInput(f"{origin}: weights do not fit architecture {payload['arch']!r} with its config ({first})") from None
     return model
 

@@ -214,10 +214,14 @@ def collect_inputs(inputs: Sequence[str], split: str | None) -> list[InputTrack]
             tracks += [InputTrack(_track_name(p, path), path=str(p)) for p in files]
         else:
             tracks.append(InputTrack(_track_name(path, path.parent), path=str(path)))
-    names = [t.name for t in tracks]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise BadInput(f"several inputs map to the same track name: {', '.join(duplicates)}")
+    by_name: dict[str, list[InputTrack]] = {}
+    for track in tracks:
+        by_name.setdefault(track.name, []).append(track)
+    clashes = [f"{name!r} from {' and '.join(t.label for t in same)}" for name, same in by_name.items()
+               if len(same) > 1]
+    if clashes:
+        raise BadInput(f"several inputs map to the same track name: {'; '.join(clashes)} "
+                       "(rename one, or separate them into different output folders)")
     return tracks
 
 

@@ -406,6 +406,9 @@ def _train(cache_path, output: Path, config: TrainConfig, restart, argv, dist: D
     local_batch = config.batch_size // dist.world
     dataset = TrainExamples(cache_path, targets, _mix_spec(config, targets, segment), config.seed, config.plan)
     has_valid = "valid" in cache.splits()
+    if not has_valid and dist.main:
+        log.warning("%s has no valid tracks: training runs without validation and best.pt is chosen by training "
+                    "loss; hold out tracks with `mss prep --valid-fraction 0.1` or `--valid-tracks NAMES`", cache_path)
     model.train()
 
     def save_last(stopped: bool = False, epoch_sums=None) -> None:

@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from mss_tools import audio
 from mss_tools.cache import StemCache
 from mss_tools.cli.main import main
-from mss_tools.errors import BadInput
 from mss_tools.prep import PrepOptions, prep
 from tests.conftest import SHARED, ffmpeg_available, run_mss, tone_stems, write_stem_folder
 

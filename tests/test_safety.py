@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from mss_tools import cache as cache_module
 from mss_tools.cli.main import main
-from mss_tools.outputs import OutputLock, temp_path
+from mss_tools.outputs import OutputLock
 from tests.conftest import run_mss
 
 

@@ -1,6 +1,6 @@
 import click
 
-from mss_tools.cli.common import command
+from mss_tools.cli.common import NON_NEGATIVE_INT, SEED, FiniteFloatRange, IntegerRange, command
 
 
 @command("compare")
@@ -8,13 +8,13 @@ from mss_tools.cli.common import command
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Report folder: RESULTS.md, results.csv, models.csv, pairs.csv, plots/ and index.html.")
 @click.option("--no-listening", is_flag=True, help="Leave the audio excerpts out of index.html.")
-@click.option("--excerpt-seconds", type=click.FloatRange(min=0.5, max=60.0), default=8.0,
+@click.option("--excerpt-seconds", type=FiniteFloatRange(min=0.5, max=60.0), default=8.0,
               help="Length of each listening excerpt (seconds).")
-@click.option("--excerpts", type=click.IntRange(1, 3), default=2,
+@click.option("--excerpts", type=IntegerRange(1, 3), default=2,
               help="Excerpts per category (transients, repetition, disagreement).")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=10000,
+@click.option("--bootstrap", type=NON_NEGATIVE_INT, default=10000,
               help="Bootstrap resamples for the confidence intervals of mean differences (0: none).")
-@click.option("--seed", type=int, default=0, help="Seed of the bootstrap.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the bootstrap.")
 @click.option("--force", is_flag=True, help="Write into OUTPUT even if it holds files that are not a report's.")
 def cli(scores, output, no_listening, excerpt_seconds, excerpts, bootstrap, seed, force):
     """Compare the score files SCORES (one per model; the file name labels the model).

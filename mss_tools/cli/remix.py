@@ -2,16 +2,17 @@ import sys
 
 import click
 
-from mss_tools.cli.common import command, mix_options, pop_mix_options, split_list
+from mss_tools.cli.common import (POSITIVE_FLOAT, POSITIVE_INT, SEED, command, mix_options, pop_mix_options,
+                                  split_list)
 
 
 @command("remix")
 @click.argument("cache", type=click.Path(dir_okay=False))
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--target", "targets", default="all", help="Target source(s), comma-separated, or 'all'.")
-@click.option("--segment", type=float, default=6.0, help="Example length in seconds.")
-@click.option("--examples", type=int, default=1000, help="Number of examples.")
-@click.option("--seed", type=int, default=0)
+@click.option("--segment", type=POSITIVE_FLOAT, default=6.0, help="Example length in seconds.")
+@click.option("--examples", type=POSITIVE_INT, default=1000, help="Number of examples.")
+@click.option("--seed", type=SEED, default=0, help="Seed of the draw.")
 @click.option("--split", default="train", help="Cache split the examples come from.")
 @click.option("--aligned", is_flag=True, help="All sources of every example from one track (same as --aligned-prob 1).")
 @mix_options

@@ -1,6 +1,6 @@
 import click
 
-from mss_tools.cli.common import command
+from mss_tools.cli.common import POSITIVE_INT, command
 
 
 @command("score")
@@ -14,7 +14,7 @@ from mss_tools.cli.common import command
               default="museval", help="With vocals, drums, bass, other and accompaniment all present: museval "
               "reports vocals from the vocals/accompaniment run (sigsep-mus-eval #65); 'separate' keeps vocals "
               "from the joint run of the stems.")
-@click.option("-j", "--jobs", type=int, default=1, help="Tracks scored in parallel.")
+@click.option("-j", "--jobs", type=POSITIVE_INT, default=1, help="Tracks scored in parallel.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Score file (JSON); default: print the JSON to stdout.")
 @click.option("--force", is_flag=True, help="Replace OUTPUT even if it is not a score file of PREDICTIONS.")

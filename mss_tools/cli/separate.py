@@ -2,7 +2,7 @@ import sys
 
 import click
 
-from mss_tools.cli.common import command
+from mss_tools.cli.common import NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED, FiniteFloatRange, command
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"  # mss_tools.separate.DEFAULT_TEMPLATE (not imported: keeps --help light)
 
@@ -12,15 +12,16 @@ DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"  # mss_tools.separate.DEFAULT_TEMPLATE
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--split", default=None, help="Split to separate when an input is a stem cache (default: test).")
 @click.option("-o", "--output", type=click.Path(file_okay=False), required=True, help="Predictions folder.")
-@click.option("--segment", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--segment", type=POSITIVE_FLOAT, default=None,
               help="Chunk length in seconds (default: the model's).")
-@click.option("--overlap", type=float, default=0.25, help="Fraction of a chunk shared with the next.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, help="Chunks per forward pass.")
-@click.option("--shifts", type=click.IntRange(min=0), default=0,
+@click.option("--overlap", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.25,
+              help="Fraction of a chunk shared with the next.")
+@click.option("--batch-size", type=POSITIVE_INT, default=4, help="Chunks per forward pass.")
+@click.option("--shifts", type=NON_NEGATIVE_INT, default=0,
               help="Test-time augmentation: average N passes, each shifted by a random delay of up to 0.5 s.")
 @click.option("--tta-flip", is_flag=True,
               help="Also average passes with the channels swapped and the polarity inverted (x4 passes in stereo).")
-@click.option("--seed", type=int, default=0, help="Seed of the random shifts (with the track name).")
+@click.option("--seed", type=SEED, default=0, help="Seed of the random shifts (with the track name).")
 @click.option("--two-stems", metavar="STEM", default=None,
               help="Write only STEM and no_STEM = input mixture - STEM (the two add up to the input).")
 @click.option("--format", "file_format", type=click.Choice(["wav", "flac"]), default="wav", help="Output file format.")
@@ -54,8 +55,6 @@ def cli(checkpoint, inputs, split, output, segment, overlap, batch_size, shifts,
     """
     from mss_tools.separate import separate
 
-    if not 0 <= overlap < 1:
-        raise click.BadParameter("must be in [0, 1)", param_hint="--overlap")
     subtype = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}.get(bits)
     failures = separate(checkpoint, inputs, output, split=split, segment=segment, overlap=overlap,
                         batch_size=batch_size, device=device, subtype=subtype, force=force, shifts=shifts,

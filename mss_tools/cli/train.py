@@ -4,7 +4,8 @@ import sys
 
 import click
 
-from mss_tools.cli.common import command, mix_options, pop_mix_options, split_list
+from mss_tools.cli.common import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED,
+                                  FiniteFloatRange, command, mix_options, pop_mix_options, split_list)
 
 
 def _parse_arch_options(values) -> dict:
@@ -57,6 +58,10 @@ def _load_config(ctx, param, value):
             raise click.BadParameter(f"{value}: unknown option {key!r}")
         if name == "arch_opts" and isinstance(item, dict):
             item = [f"{k}={v}" for k, v in item.items()]
+        try:
+            names[name].type_cast_value(ctx, item)
+        except click.BadParameter as exc:
+            raise click.BadParameter(f"{value}: option {key!r}: {exc.message}") from None
         defaults[name] = item
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
@@ -74,36 +79,47 @@ def _load_config(ctx, param, value):
 @click.option("--print-config", is_flag=True, help="Print the resolved architecture config and exit.")
 @click.option("--targets", default=None, help="Comma-separated sources to separate (default: every cache source).")
 @click.option("--loss", default=None, help="Loss name (default: the architecture's paper loss).")
-@click.option("--segment", type=float, default=None, help="Training segment in seconds (default: per architecture).")
+@click.option("--segment", type=POSITIVE_FLOAT, default=None,
+              help="Training segment in seconds (default: per architecture).")
 @click.option("--plan", type=click.Path(dir_okay=False), default=None,
               help="Train on the examples of this mix plan (default: random remixes drawn on the fly).")
 @mix_options
 @click.option("--init", type=click.Path(dir_okay=False), default=None,
               help="Warm start from this checkpoint (e.g. the previous curriculum stage's best.pt).")
-@click.option("--batch-size", type=int, default=8, help="Global batch size (all processes together).")
-@click.option("--accum-steps", type=int, default=1, help="Gradient accumulation: micro-batches per optimizer step.")
-@click.option("--epochs", type=int, default=10)
-@click.option("--steps-per-epoch", type=int, default=100, help="Optimizer steps per epoch (validation after each).")
-@click.option("--lr", type=float, default=3e-4, help="Adam learning rate.")
-@click.option("--weight-decay", type=float, default=0.0)
-@click.option("--grad-clip", type=float, default=5.0, help="Max gradient norm (0: off).")
+@click.option("--batch-size", type=POSITIVE_INT, default=8, help="Global batch size (all processes together).")
+@click.option("--accum-steps", type=POSITIVE_INT, default=1,
+              help="Gradient accumulation: micro-batches per optimizer step.")
+@click.option("--epochs", type=POSITIVE_INT, default=10)
+@click.option("--steps-per-epoch", type=POSITIVE_INT, default=100,
+              help="Optimizer steps per epoch (validation after each).")
+@click.option("--lr", type=POSITIVE_FLOAT, default=3e-4, help="Adam learning rate.")
+@click.option("--weight-decay", type=NON_NEGATIVE_FLOAT, default=0.0)
+@click.option("--grad-clip", type=NON_NEGATIVE_FLOAT, default=5.0, help="Max gradient norm (0: off).")
 @click.option("--schedule", type=click.Choice(["none", "plateau", "cosine"]), default="none",
               help="Learning-rate schedule (plateau: halve after --plateau-patience epochs without improvement).")
-@click.option("--warmup-steps", type=int, default=0, help="Linear learning-rate warm-up.")
-@click.option("--min-lr", type=float, default=0.0, help="Final learning rate of the cosine schedule.")
-@click.option("--plateau-patience", type=int, default=3)
-@click.option("--patience", type=int, default=0, help="Early stop after this many epochs without improvement (0: off).")
+@click.option("--warmup-steps", type=NON_NEGATIVE_INT, default=0, help="Linear learning-rate warm-up.")
+@click.option("--min-lr", type=NON_NEGATIVE_FLOAT, default=0.0,
+              help="Final learning rate of the cosine schedule (at most --lr).")
+@click.option("--plateau-patience", type=NON_NEGATIVE_INT, default=3,
+              help="Epochs without improvement before the plateau schedule halves the learning rate.")
+@click.option("--patience", type=NON_NEGATIVE_INT, default=0,
+              help="Early stop after this many epochs without improvement (0: off).")
 @click.option("--amp", type=click.Choice(["off", "bf16", "fp16"]), default="off", help="Mixed precision (CUDA).")
-@click.option("--ema", type=float, default=0.0, help="EMA decay of the weights, e.g. 0.999 (0: off).")
+@click.option("--ema", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=0.0,
+              help="EMA decay of the weights, e.g. 0.999 (0: off).")
 @click.option("--activation-checkpointing", is_flag=True,
               help="Recompute each block's activations in the backward pass instead of storing them (BSRNN "
                    "blocks, Demucs layers): much less memory for ~30%% more compute; same results.")
-@click.option("--valid-seconds", type=float, default=None, help="Validate on at most this many seconds per track.")
-@click.option("--checkpoint-every", type=int, default=0, help="Also save last.pt every N steps (0: epoch ends).")
-@click.option("--max-bad-steps", type=int, default=10, help="Stop after this many consecutive non-finite losses.")
-@click.option("-j", "--jobs", "workers", type=int, default=0, help="DataLoader worker processes.")
-@click.option("--nproc", type=int, default=1, help="Launch this many processes with torchrun (DDP).")
-@click.option("--seed", type=int, default=42)
+@click.option("--valid-seconds", type=POSITIVE_FLOAT, default=None,
+              help="Validate on at most this many seconds per track.")
+@click.option("--checkpoint-every", type=NON_NEGATIVE_INT, default=0,
+              help="Also save last.pt every N steps (0: epoch ends).")
+@click.option("--max-bad-steps", type=POSITIVE_INT, default=10,
+              help="Stop after this many consecutive non-finite losses.")
+@click.option("-j", "--jobs", "workers", type=NON_NEGATIVE_INT, default=0,
+              help="DataLoader worker processes (0: load examples in the training process).")
+@click.option("--nproc", type=POSITIVE_INT, default=1, help="Launch this many processes with torchrun (DDP).")
+@click.option("--seed", type=SEED, default=42, help="Seed of the weights and of the examples.")
 @click.option("-d", "--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Experiment folder (default: exp/<arch>).")
@@ -132,6 +148,8 @@ def cli(cache, arch, preset, arch_opts, print_config, targets, loss, segment, pl
 
     from mss_tools.models import model_class
 
+    if schedule == "cosine" and min_lr > lr:
+        raise click.BadParameter(f"{min_lr} is above --lr {lr}", param_hint="'--min-lr'")
     options = _parse_arch_options(arch_opts)
     cls = model_class(arch)
     resolved = cls.resolve_config(preset, options)

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from mss_tools.errors import BadInput
+from mss_tools.progress import log
 
 MUSDB_SOURCES = ("vocals", "drums", "bass", "other")
 LAYOUTS = ("auto", "musdb", "musdb-hq", "folder", "demo")
@@ -128,14 +129,18 @@ def discover(source: str, layout: str = "auto", sources: Sequence[str] | None = 
         root = Path(source)
         if not root.is_dir():
             raise BadInput(f"{source}: no such folder (or use 'demo' for the built-in corpus)")
-        if layout == "auto":
-            layout = "musdb" if musdb.looks_like_musdb(root) else "folder"
-        if layout == "musdb":
+        if layout == "musdb" or (layout == "auto" and musdb.looks_like_musdb(root)):
             dataset = musdb.discover_stem_mp4(root)
         else:
-            dataset = folder.discover_folder(root, layout)
+            dataset = folder.discover_folder(root, layout)  # "auto" tells MUSDB18-HQ from other folders
         default_valid = musdb.VALIDATION_TRACKS if dataset.layout in ("musdb", "musdb-hq") else ()
-        if not default_valid and not valid_tracks and not valid_fraction:
+        chosen = valid_tracks or valid_fraction or any(t.split == "valid" for t in dataset.tracks)
+        if not chosen and default_valid and not any(t.name in default_valid for t in dataset.tracks
+                                                     if t.split == "train"):
+            log.info("%s: none of MUSDB's %d validation tracks is among the training tracks; holding out "
+                     "--valid-fraction 0.1 instead", source, len(default_valid))
+            default_valid = ()
+        if not chosen and not default_valid:
             valid_fraction = 0.1
         assign_validation(dataset.tracks, valid_tracks, valid_fraction, seed, default_valid)
     if sources:

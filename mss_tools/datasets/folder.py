@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,11 @@ def discover_folder(root: Path, layout: str) -> Dataset:
         for track_dir in sorted(p for p in (root / split).iterdir() if p.is_dir() and not p.name.startswith(".")):
             files, problem = {}, None
             for path in sorted(track_dir.iterdir()):
-                if path.name.startswith(".") or not path.is_file():
+                if path.name.startswith("."):
+                    continue
+                if path.is_symlink() and not path.exists():
+                    problem = problem or _broken_link(path)
+                elif not path.is_file():
                     continue
                 if path.suffix.lower() not in audio.AUDIO_EXTENSIONS:
                     problem = problem or (f"{path}: not an audio file "
@@ -42,13 +48,27 @@ def discover_folder(root: Path, layout: str) -> Dataset:
     if not tracks:
         raise BadInput(f"{root}: no track folders found under {', '.join(splits)}")
     has_mixture = any("mixture" in t.files for t in tracks)
-    if layout == "auto" or layout == "folder":
-        layout = "musdb-hq" if names == set(MUSDB_SOURCES) and has_mixture else "folder"
+    musdb_hq_shaped = names == set(MUSDB_SOURCES) and has_mixture
+    if layout == "auto":
+        layout = "musdb-hq" if musdb_hq_shaped else "folder"
+    elif layout == "musdb-hq" and not musdb_hq_shaped:
+        raise BadInput(f"{root}: not laid out as MUSDB18-HQ (stems {', '.join(order_sources(names)) or 'none'}"
+                       f"{'' if has_mixture else ', no mixture files'}; MUSDB18-HQ has "
+                       f"{', '.join(MUSDB_SOURCES)} and mixture); use --layout folder")
     for track in tracks:
         track.layout = layout
     if not names:
         raise BadInput(f"{root}: tracks hold only mixtures, no stems")
     return Dataset(layout, str(root), order_sources(names), tracks, has_mixture)
+
+
+def _broken_link(path: Path) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"{path}: a symbolic link that loops (it leads back to itself)"
+    return f"{path}: a broken symbolic link (its target {os.readlink(path)} does not exist)"
 
 
 def load_folder_track(ref: TrackRef, sources: list[str], has_mixture: bool) -> LoadedTrack:
