@@ -40,11 +40,12 @@ from typing import Any, Iterable, Iterator, Sequence
 import h5py
 import numpy as np
 
+from mss_tools import formats
 from mss_tools.errors import BadInput
 from mss_tools.outputs import atomic_path, check_free_space
 
-STEM_FORMAT = "mss-stems"
-STEM_FORMAT_VERSION = 1
+STEM_FORMAT = formats.STEM_FORMAT
+STEM_FORMAT_VERSION = formats.STEM_VERSION
 SPLITS = ("train", "valid", "test")
 CHUNK_FRAMES = 1 << 15
 RMS_HOP = 0.5
@@ -287,17 +288,18 @@ class StemCache:
             raise BadInput(f"{self.path}: no such stem cache") from None
         except OSError as exc:
             raise BadInput(f"{self.path}: not a readable HDF5 stem cache ({exc})") from None
-        if attrs.get("format") != STEM_FORMAT:
-            raise BadInput(f"{self.path}: not an mss stem cache (format={attrs.get('format')!r})")
-        if int(attrs.get("format_version", 0)) > STEM_FORMAT_VERSION:
-            raise BadInput(f"{self.path}: stem cache format_version {attrs['format_version']} is newer than "
-                           f"this mss understands ({STEM_FORMAT_VERSION})")
+        except AttributeError:
+            raise BadInput(f"{self.path}: a split of the stem cache is not a group of tracks") from None
+        for key in ("created_by", "skipped"):
+            if key in attrs:
+                attrs[key] = _json_attr(attrs[key], None)
+        formats.check_stem_cache_attrs(attrs, self.path)
         self.attrs = attrs
         self.sample_rate = int(attrs["sample_rate"])
         self.sources: list[str] = list(attrs["sources"])
         self.channels = int(attrs.get("channels", 2))
         self.fingerprint = str(attrs.get("fingerprint", ""))
-        self.skipped = _json_attr(attrs.get("skipped"), [])
+        self.skipped = attrs.get("skipped") or []
         self._index = index
 
     def __getstate__(self):
@@ -391,8 +393,8 @@ def remove_tree(path: str | os.PathLike) -> None:
 # Mix plans (``format="mss-plan"``): per example and per source slot, which track, offset,
 # gain and augmentation flags, and whether the slot is active.
 
-PLAN_FORMAT = "mss-plan"
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT = formats.PLAN_FORMAT
+PLAN_FORMAT_VERSION = formats.PLAN_VERSION
 PLAN_FIELDS = {  # name -> dtype; every field is (examples, slots)
     "track": np.int32, "offset": np.int64, "gain": np.float32, "active": np.bool_, "swap": np.bool_,
     "flip": np.bool_, "shift": np.int64, "pitch": np.float32, "stretch": np.float32,
@@ -414,12 +416,16 @@ def write_plan(path: str | os.PathLike, fields: dict[str, np.ndarray], tracks: S
 
 
 def read_plan(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str], dict[str, Any]]:
-    """(fields, tracks, attrs) of a mix plan; JSON attrs are decoded."""
+    """(fields, tracks, attrs) of a mix plan, checked against :class:`~mss_tools.formats.MixPlanAttrs`
+    and the field shapes; JSON attrs are decoded."""
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _decode(v) for k, v in f.attrs.items()}
             if attrs.get("format") != PLAN_FORMAT:
                 raise BadInput(f"{path}: not an mss mix plan (format={attrs.get('format')!r})")
+            missing = [name for name in ("tracks", *PLAN_FIELDS) if name not in f]
+            if missing:
+                raise BadInput(f"{path}: mix plan lacks its {missing[0]!r} field")
             fields = {name: f[name][()] for name in PLAN_FIELDS}
             tracks = [t.decode() if isinstance(t, bytes) else str(t) for t in f["tracks"][()]]
     except FileNotFoundError:
@@ -429,4 +435,10 @@ def read_plan(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], list[str]
     for key in ("augment", "created_by"):
         if key in attrs:
             attrs[key] = _json_attr(attrs[key], {})
+    formats.check_plan_attrs(attrs, path)
+    shape = fields["track"].shape
+    if len(shape) != 2 or shape[1] != len(attrs["sources"]) or any(v.shape != shape for v in fields.values()):
+        raise BadInput(f"{path}: mix plan fields are not all (examples, {len(attrs['sources'])} sources)")
+    if shape[0] and (fields["track"].min() < 0 or fields["track"].max() >= len(tracks)):
+        raise BadInput(f"{path}: mix plan names track numbers outside its {len(tracks)} tracks")
     return fields, tracks, attrs

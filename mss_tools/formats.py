@@ -1,10 +1,14 @@
-"""The JSON files of mss: one typed, versioned definition per format, its reader and its writer.
+"""The files of mss: one typed, versioned definition per format, its reader and its writer.
 
 - Score file, ``format="mss-scores"`` (written by ``mss score``, read by ``mss score`` and
   ``mss compare``): :class:`ScoresFile`, :func:`read_scores`, :func:`write_scores`.
 - Predictions manifest ``<predictions>/manifest.json``, ``format="mss-predictions"``
   (written by ``mss separate``, read by ``mss separate``, ``mss score`` and ``mss compare``):
   :class:`PredictionsManifest`, :func:`read_predictions`, :func:`write_predictions`.
+- The root attributes of the HDF5 files, stem cache ``format="mss-stems"`` and mix plan
+  ``format="mss-plan"``: :class:`StemCacheAttrs`, :class:`MixPlanAttrs`, checked by
+  :func:`check_stem_cache_attrs` and :func:`check_plan_attrs` (HDF5 itself is read and
+  written in :mod:`mss_tools.cache`, with JSON-valued attributes already decoded).
 
 The structures are ``TypedDict`` classes: documents stay plain dicts, and the classes are
 the one description of their keys and types that the readers check. Keys a class does not
@@ -35,6 +39,10 @@ from typing import Any, TypedDict, Union
 from mss_tools.errors import BadInput, MssError
 from mss_tools.outputs import dumps_json, write_json, write_text
 
+STEM_FORMAT = "mss-stems"
+STEM_VERSION = 1
+PLAN_FORMAT = "mss-plan"
+PLAN_VERSION = 1
 SCORES_FORMAT = "mss-scores"
 SCORES_VERSION = 1
 PREDICTIONS_FORMAT = "mss-predictions"
@@ -165,6 +173,82 @@ class PredictionsManifest(_PredictionsRequired, total=False):
     name_template: str
     two_stems: str | None
     timing: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------
+# HDF5 root attributes: stem cache and mix plan
+
+
+class _StemCacheRequired(TypedDict):
+    format: str
+    format_version: int
+    sample_rate: int
+    sources: list[str]
+
+
+class StemCacheAttrs(_StemCacheRequired, total=False):
+    """A stem cache's root attributes (see :mod:`mss_tools.cache` for the layout below them)."""
+
+    channels: int
+    fingerprint: str
+    layout: str
+    origin: str
+    created_by: dict[str, Any]
+    skipped: list[dict[str, Any]]
+    chunk_frames: int
+    rms_hop: float
+
+
+class _PlanRequired(TypedDict):
+    format: str
+    format_version: int
+    cache_fingerprint: str
+    sources: list[str]
+    targets: list[str]
+    split: str
+    segment_frames: int
+    sample_rate: int
+
+
+class MixPlanAttrs(_PlanRequired, total=False):
+    """A mix plan's root attributes: the cache it draws from and how its examples were drawn."""
+
+    cache: str
+    channels: int
+    seed: int
+    stage: int
+    segment: float
+    active_sources: int
+    aligned_prob: float
+    silent_keep: float
+    augment: dict[str, Any]
+    created_by: dict[str, Any]
+
+
+def check_stem_cache_attrs(attrs: Any, path: str | os.PathLike) -> StemCacheAttrs:
+    """Root attributes of the stem cache ``path`` checked against :class:`StemCacheAttrs`; ``BadInput`` otherwise."""
+    try:
+        _check_header(attrs, STEM_FORMAT, STEM_VERSION, "mss stem cache")
+        _check(attrs, StemCacheAttrs, "")
+        if attrs["sample_rate"] < 1 or not attrs["sources"] or attrs.get("channels", 2) not in (1, 2):
+            raise _Invalid(f"impossible sample_rate {attrs['sample_rate']}, sources {attrs['sources']} or "
+                           f"channels {attrs.get('channels')}")
+    except _Invalid as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    return attrs
+
+
+def check_plan_attrs(attrs: Any, path: str | os.PathLike) -> MixPlanAttrs:
+    """Root attributes of the mix plan ``path`` checked against :class:`MixPlanAttrs`; ``BadInput`` otherwise."""
+    try:
+        _check_header(attrs, PLAN_FORMAT, PLAN_VERSION, "mss mix plan")
+        _check(attrs, MixPlanAttrs, "")
+        unknown = [t for t in attrs["targets"] if t not in attrs["sources"]]
+        if unknown or attrs["segment_frames"] < 1:
+            raise _Invalid(f"targets {unknown} are not among its sources, or segment_frames {attrs['segment_frames']}")
+    except _Invalid as exc:
+        raise BadInput(f"{path}: {exc}") from None
+    return attrs
 
 
 # --------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from mss_tools.datasets import Dataset, TrackRef, discover, load_track
 from mss_tools.errors import BadInput
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
 from mss_tools.progress import log, progress_bar
-from mss_tools.runner import TrackFailure, failure_summary, run_tracks
+from mss_tools.runner import TrackFailure, run_tracks
 
 PREP_VERSION = 1
 
@@ -84,22 +84,16 @@ def _build(dataset: Dataset, source: str, output: Path, options: PrepOptions, ra
     todo = [t for t in todo if track_key[id(t)] not in skipped or not options.skip_bad]
     job = _TrackJob(dataset, rate, options.seed, options.demo_duration,
                     {(t.split, t.name): part_of[id(t)] for t in todo})
-    failures = []
     with progress_bar(len(dataset.tracks), "prep") as bar:
         bar.advance(len(dataset.tracks) - len(todo))
         for ref, outcome in run_tracks(job, todo, options.jobs):
             if isinstance(outcome, TrackFailure):
                 if not options.skip_bad:
-                    log.error("%s", outcome)
-                    failures.append(outcome)
-                else:
-                    log.warning("skipping %s/%s: %s", ref.split, ref.name, outcome)
-                    skipped[track_key[id(ref)]] = {"split": ref.split, "track": ref.name, "reason": str(outcome)}
-                    write_json(parts_dir / "skipped.json", skipped)
+                    raise BadInput(f"{outcome} (--skip-bad leaves bad tracks out)")
+                log.warning("skipping %s/%s: %s", ref.split, ref.name, outcome)
+                skipped[track_key[id(ref)]] = {"split": ref.split, "track": ref.name, "reason": str(outcome)}
+                write_json(parts_dir / "skipped.json", skipped)
             bar.advance()
-    if failures:
-        raise BadInput(str(failures[0]) if len(failures) == 1 else
-                       failure_summary(failures, len(dataset.tracks)) + " (--skip-bad leaves bad tracks out)")
 
     kept = [t for t in dataset.tracks if track_key[id(t)] not in skipped]
     if not kept:

@@ -358,3 +358,57 @@ def test_separate_writes_a_valid_manifest_and_redoes_work_over_a_bad_one(scored,
     assert "format_version 99 is newer" in again.stderr and "separating every track again" in again.stderr
     assert (out / "full" / "vocals.wav").stat().st_mtime_ns != written
     assert formats.read_predictions(out / "manifest.json")["format_version"] == 1
+
+
+# -- the HDF5 formats: stem cache and mix plan root attributes --------------------------------------
+
+
+def _copy_with(src, dst, edit):
+    import h5py
+
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+    return dst
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda f: f.attrs.__setitem__("format_version", 99), "newer than this mss reads"),
+    (lambda f: f.attrs.__delitem__("format_version"), "no format_version"),
+    (lambda f: f.attrs.__delitem__("sources"), "has no 'sources'"),
+    (lambda f: f.attrs.__setitem__("sample_rate", "fast"), "sample_rate is \"fast\", not an integer"),
+    (lambda f: f.attrs.__setitem__("channels", 7), "impossible"),
+    (lambda f: f.attrs.__setitem__("format", "something-else"), "not an mss stem cache"),
+])
+def test_a_stem_cache_that_does_not_validate_is_refused_in_one_line(demo_cache, tmp_path, edit, problem):
+    from mss_tools.cli.main import main
+
+    bad = _copy_with(demo_cache, tmp_path / "bad.h5", edit)
+    result = CliRunner().invoke(main, ["remix", str(bad), str(tmp_path / "plan.h5"), "--examples", "2",
+                                       "--segment", "1"])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and problem in lines[0], result.output
+    assert not (tmp_path / "plan.h5").exists()
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda f: f.attrs.__setitem__("format_version", 2), "newer than this mss reads"),
+    (lambda f: f.attrs.__delitem__("segment_frames"), "has no 'segment_frames'"),
+    (lambda f: (f.__delitem__("gain"), f.create_dataset("gain", data=np.zeros((3, 1), np.float32))), "fields"),
+    (lambda f: f["track"].__setitem__((0, 0), 99), "outside its"),
+    (lambda f: f.__delitem__("flip"), "lacks its 'flip' field"),
+])
+def test_a_mix_plan_that_does_not_validate_is_refused_in_one_line(demo_cache, tmp_path, edit, problem):
+    from mss_tools.cli.main import main
+
+    runner = CliRunner()
+    plan = tmp_path / "plan.h5"
+    assert runner.invoke(main, ["remix", str(demo_cache), str(plan), "--examples", "3", "--segment", "1"]).exit_code == 0
+    bad = _copy_with(plan, tmp_path / "bad.h5", edit)
+    result = runner.invoke(main, ["train", "--arch", "unet", "--plan", str(bad), str(demo_cache),
+                                  "-o", str(tmp_path / "exp")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and problem in lines[0], result.output
+    assert not (tmp_path / "exp").exists()
