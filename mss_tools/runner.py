@@ -1,8 +1,9 @@
 """One per-track runner for ``prep``, ``separate`` and ``score``, with one failure policy.
 
 - A track whose data is bad (an :class:`~mss_tools.errors.MssError` raised by the work on that
-  track: unreadable audio, a missing reference...) is a *track failure*: it is reported, and
-  the other tracks go on. The tool decides at the end what failures mean for its exit code.
+  track: unreadable audio, a missing reference...) is a *track failure*, yielded as a value.
+  The tool decides what it means: ``prep`` stops at the first (``--skip-bad`` records it and
+  goes on), ``separate`` and ``score`` go on and fail at the end naming the first.
 - Anything else stops the whole run at once: a filesystem fault (no space, read-only), out
   of memory (CUDA's is a ``RuntimeError``), a bug. Going on would only fail again, or hide it.
 """
