@@ -78,6 +78,17 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
+def make_parent(path: str | os.PathLike) -> None:
+    """Create the folder ``path`` goes in; a file in the way is ``OSError(ENOTDIR)`` naming that file."""
+    parent = Path(path).parent
+    for ancestor in (parent, *parent.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise OSError(errno.ENOTDIR, "a file, not a folder: cannot hold an output", str(ancestor))
+            break
+    parent.mkdir(parents=True, exist_ok=True)
+
+
 def fsync_folder(folder: str | os.PathLike) -> None:
     """Make a rename in ``folder`` durable (best effort: some filesystems refuse)."""
     try:
@@ -105,7 +116,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield the temporary path to write ``path`` under; on success flush it and rename it into
     place, on any failure remove it. ``path`` is never seen half-written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     tmp = temp_path(path)
     try:
         yield tmp
@@ -153,10 +164,11 @@ class OutputLock:
     def acquire(self) -> "OutputLock":
         while True:
             try:
-                self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+                make_parent(self.lock_path)
                 fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:  # name the output, not our hidden lock file
-                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+                raise OSError(exc.errno, exc.strerror, exc.filename if exc.errno == errno.ENOTDIR
+                              else str(self.path)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

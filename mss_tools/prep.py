@@ -89,7 +89,9 @@ def _build(dataset: Dataset, source: str, output: Path, options: PrepOptions, ra
         for ref, outcome in run_tracks(job, todo, options.jobs):
             if isinstance(outcome, TrackFailure):
                 if not options.skip_bad:
-                    raise BadInput(f"{outcome} (--skip-bad leaves bad tracks out)")
+                    if not any(parts_dir.glob("*.h5")):
+                        cache.remove_tree(parts_dir)
+                    raise BadInput(f"{outcome}; --skip-bad leaves bad tracks out")
                 log.warning("skipping %s/%s: %s", ref.split, ref.name, outcome)
                 skipped[track_key[id(ref)]] = {"split": ref.split, "track": ref.name, "reason": str(outcome)}
                 write_json(parts_dir / "skipped.json", skipped)

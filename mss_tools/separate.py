@@ -292,6 +292,7 @@ def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str,
         "model_sample_rate": model.sample_rate, **settings,
     })
     manifest.setdefault("tracks", [])
+    formats.write_predictions(manifest_path, manifest)  # first: a killed run's folder is recognisably ours
     todo = []
     for track in tracks:
         paths = {stem: output / p for stem, p in files[track.name].items()}
@@ -323,7 +324,7 @@ def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str,
         manifest["timing"] = {key: round(sum(e.get(key, 0.0) for e in manifest["tracks"]), 3)
                               for key in ("audio_seconds", "wall_seconds")}
         formats.write_predictions(manifest_path, manifest)
-    if failures:
+    if len(failures) > 1:
         log.error("%s", failure_summary(failures, len(tracks)))
     return len(failures)
 
