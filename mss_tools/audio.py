@@ -87,15 +87,6 @@ def resample(audio: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     return out.numpy()
 
 
-def resample_tensor(audio, orig_rate: int, new_rate: int):
-    """Resample a torch tensor ``(..., time)``; stays on its device."""
-    if int(orig_rate) == int(new_rate):
-        return audio
-    import torchaudio.functional as AF
-
-    return AF.resample(audio, int(orig_rate), int(new_rate))
-
-
 def to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
     """Make ``(c, time)`` audio ``(channels, time)``: mono is duplicated, stereo is averaged to mono."""
     have = audio.shape[0]
@@ -119,16 +110,6 @@ def _stempeg():
     import stempeg
 
     return stempeg
-
-
-def stem_mp4_info(path: str | os.PathLike) -> tuple[int, int, int]:
-    """(number of streams, sample rate, channels) of a native-instruments ``.stem.mp4``."""
-    stempeg = _stempeg()
-    try:
-        info = stempeg.Info(str(path))
-        return info.nb_audio_streams, int(info.sample_rate(0)), int(info.channels(0))
-    except Exception as exc:
-        raise BadInput(f"{path}: not a readable .stem.mp4 ({_short(exc)})") from None
 
 
 def read_stem_mp4(path: str | os.PathLike) -> tuple[np.ndarray, int]:

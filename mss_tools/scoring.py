@@ -44,7 +44,8 @@ import numpy as np
 
 from mss_tools import __version__, audio, formats
 from mss_tools.errors import BadInput, MssError
-from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, is_silent, nanmean, nanmedian,
+from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, count_values, is_silent, nanmean,
+                               nanmedian,
                                si_sdr, usdr)
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
 from mss_tools.progress import log, progress_bar
@@ -128,12 +129,13 @@ def spectral_condition(reference: np.ndarray, filter_length: int = 512) -> float
     reference = np.asarray(reference, dtype=np.float64)
     if reference.shape[0] > 1 and np.array_equal(reference[0], reference[1]):
         return float("inf")
+    from scipy.signal import welch
+
     frame = 2 * filter_length
-    usable = reference.shape[-1] // frame * frame
-    if usable == 0:
+    if reference.shape[-1] < frame:
         return float("inf")
-    frames = reference[:, :usable].reshape(reference.shape[0], -1, frame)
-    power = (np.abs(np.fft.rfft(frames * np.hanning(frame), axis=-1)) ** 2).mean(axis=1).min(axis=0)
+    _, power = welch(reference, window="hann", nperseg=frame, noverlap=0, detrend=False, axis=-1)
+    power = power.min(axis=0)
     peak = power.max()
     return float("inf") if peak == 0 else float(peak / max(power.min(), peak * 1e-300))
 
@@ -237,7 +239,7 @@ def aggregate(tracks: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str
                 if metric in FILTER_METRICS and metrics.get("ill_conditioned"):
                     value = None  # numerically unreliable: left out of the aggregate, as in mss compare
                 stems.setdefault(stem, {}).setdefault(metric, []).append(value)
-    return {stem: {metric: {"median": nanmedian(v), "mean": nanmean(v), "tracks": int(np.isfinite(np.array(v, float)).sum())}
+    return {stem: {metric: {"median": nanmedian(v), "mean": nanmean(v), "tracks": count_values(v)}
                    for metric, v in metrics.items()} for stem, metrics in stems.items()}
 
 

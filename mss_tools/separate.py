@@ -71,11 +71,6 @@ class InputTrack:
             return _ArrayMixture(streams[0], rate)  # stream 0 is the mixture
         return audio.AudioReader(self.path)
 
-    def load(self) -> tuple[np.ndarray, int]:
-        """The whole mixture ``(channels, time)`` float32 and its sample rate."""
-        with self.open() as source:
-            return np.concatenate(list(source.blocks(source.frames)), axis=-1), source.sample_rate
-
 
 class _BlockSource:
     sample_rate: int

@@ -53,13 +53,24 @@ def is_silent(reference: np.ndarray) -> bool:
 
 
 def nanmedian(values) -> float:
-    """Median ignoring NaN; NaN when nothing is left (no warning)."""
-    array = np.asarray(values, dtype=np.float64)
-    array = array[np.isfinite(array)]
+    """Median ignoring NaN (a silent frame), as museval aggregates: ±inf stay (+inf is a frame
+    estimated perfectly); NaN when nothing is left (no warning). ``None`` counts as NaN."""
+    array = _without_nan(values)
     return float(np.median(array)) if array.size else float("nan")
 
 
 def nanmean(values) -> float:
-    array = np.asarray(values, dtype=np.float64)
-    array = array[np.isfinite(array)]
+    """Mean ignoring NaN (``None`` counts as NaN); NaN when nothing is left."""
+    array = _without_nan(values)
     return float(np.mean(array)) if array.size else float("nan")
+
+
+def count_values(values) -> int:
+    """How many values are not NaN/``None`` (what :func:`nanmedian` and :func:`nanmean` use)."""
+    return int(_without_nan(values).size)
+
+
+def _without_nan(values) -> np.ndarray:
+    array = np.array([np.nan if v is None else v for v in np.ravel(np.asarray(values, dtype=object))],
+                     dtype=np.float64)
+    return array[~np.isnan(array)]

@@ -64,7 +64,6 @@ from mss_tools.metrics import CONDITION_LIMIT
 
 __all__ = [
     "METRICS",
-    "CONDITION_THRESHOLD",
     "BssEvalInputError",
     "bss_eval_v4",
     "framewise_sdr",
@@ -86,7 +85,6 @@ _CORR_FFT = 16384
 _BAND = 128
 # Gram condition number above which museval's isr/sir/sar are numerically unreliable
 # (see ``ill_conditioned``).
-CONDITION_THRESHOLD = CONDITION_LIMIT
 
 
 class BssEvalInputError(BadInput, ValueError):
@@ -555,7 +553,7 @@ def bss_eval_v4(references, estimates, sample_rate: int, window: float = 1.0, ho
     float64 throughout. ``workers``: CPU threads (default: the CPUs this process may use;
     pass 1 when running several evaluations side by side). ``condition``: also return
     ``"condition"``, float64 ``(sources,)``: for each source the larger of the joint and its
-    own Gram condition number (see :func:`ill_conditioned`; ``> CONDITION_THRESHOLD`` means
+    own Gram condition number (see :func:`ill_conditioned`; ``> CONDITION_LIMIT`` means
     isr/sir/sar are not reliable), at the cost of a few iterations with the factors.
 
     Returns ``{"sdr", "isr", "sir", "sar"}``, each float64 ``(sources, frames)`` with NaN in
@@ -687,7 +685,7 @@ def gram_condition(references, filter_length: int = 512, device=None) -> dict[st
     return {"joint": joint, "per_source": _condition(own, *_cholesky(own))}
 
 
-def ill_conditioned(references, filter_length: int = 512, threshold: float = CONDITION_THRESHOLD,
+def ill_conditioned(references, filter_length: int = 512, threshold: float = CONDITION_LIMIT,
                     device=None) -> np.ndarray:
     """Per-source flags ``(sources,)``: True where museval's isr/sir/sar cannot be trusted.
 

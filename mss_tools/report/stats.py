@@ -71,18 +71,17 @@ def bootstrap_ci(differences: np.ndarray, resamples: int = 10000, seed: int = 0,
     ``resamples`` means of ``n`` values drawn with replacement, from ``numpy.random.default_rng(seed)``;
     the same data and seed always give the same interval. NaNs for no data or no resamples.
     """
+    from scipy.stats import bootstrap
+
     n = differences.size
     if n == 0 or resamples <= 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples, dtype=np.float64)
-    step = max(1, BOOTSTRAP_CHUNK // n)
-    for start in range(0, resamples, step):
-        count = min(step, resamples - start)
-        means[start:start + count] = differences[rng.integers(0, n, size=(count, n))].mean(axis=1)
-    tail = 100 * (1 - confidence) / 2
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return float(low), float(high)
+    if n == 1:  # every resample is the one value (scipy wants two)
+        return float(differences[0]), float(differences[0])
+    result = bootstrap((differences,), np.mean, n_resamples=resamples, batch=max(1, BOOTSTRAP_CHUNK // n),
+                       method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed),
+                       vectorized=True, axis=-1)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def compare_pair(a: Run, b: Run, source: str, metric: str, resamples: int = 10000,
