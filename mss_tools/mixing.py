@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from mss_tools import audio
-from mss_tools.cache import PLAN_FIELDS, PLAN_FORMAT, SILENCE_DB, StemCache, read_plan, read_root_attrs, write_plan
+from mss_tools import __version__, audio
+from mss_tools.cache import (CHUNK_FRAMES, PLAN_FIELDS, PLAN_FORMAT, RMS_HOP, SILENCE_DB, STEM_FORMAT,
+                             STEM_FORMAT_VERSION, StemCache, assemble_cache, read_plan, read_root_attrs, remove_tree,
+                             write_plan, write_track_part)
 from mss_tools.errors import BadInput
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps
 
@@ -202,8 +205,6 @@ def make_plan(cache_path: str, output: str, spec: MixSpec, examples: int, seed: 
 
     An existing ``output`` is replaced only if it is a mix plan of the same cache (or with ``force``).
     """
-    from mss_tools import __version__
-
     if examples < 1:
         raise BadInput(f"--examples must be at least 1, got {examples}")
     cache = StemCache(cache_path)
@@ -211,7 +212,7 @@ def make_plan(cache_path: str, output: str, spec: MixSpec, examples: int, seed: 
         check_replaceable(output, lambda path: _plan_cache_fingerprint(path) == cache.fingerprint,
                           f"a mix plan of {cache_path}", force)
         remove_stale_temps(output)
-        _write_new_plan(cache, cache_path, output, spec, examples, seed, stage, argv, __version__)
+        _write_new_plan(cache, cache_path, output, spec, examples, seed, stage, argv)
 
 
 def _plan_cache_fingerprint(path) -> str | None:
@@ -220,14 +221,14 @@ def _plan_cache_fingerprint(path) -> str | None:
 
 
 def _write_new_plan(cache: StemCache, cache_path: str, output: str, spec: MixSpec, examples: int, seed: int,
-                    stage: int, argv: Sequence[str], version: str) -> None:
+                    stage: int, argv: Sequence[str]) -> None:
     sampler = ExampleSampler(cache, spec)
     drawn = [sampler.draw(np.random.default_rng([seed, i])) for i in range(examples)]
     fields = {name: np.stack([d[name] for d in drawn]) for name in PLAN_FIELDS}
     attrs = spec.to_attrs() | {
         "cache": str(cache_path), "cache_fingerprint": cache.fingerprint, "sources": list(cache.sources),
         "sample_rate": cache.sample_rate, "channels": cache.channels, "seed": seed, "stage": stage,
-        "segment_frames": sampler.frames, "created_by": {"tool": "mss remix", "version": version, "argv": list(argv)},
+        "segment_frames": sampler.frames, "created_by": {"tool": "mss remix", "version": __version__, "argv": list(argv)},
     }
     write_plan(output, fields, sampler.tracks, attrs)
 
@@ -260,12 +261,6 @@ def render_plan(plan_path: str, output: str, cache_path: str | None = None, forc
 
     An existing ``output`` is replaced only if it is a rendering of the same plan (or with ``force``).
     """
-    from pathlib import Path
-
-    from mss_tools import __version__
-    from mss_tools.cache import CHUNK_FRAMES, RMS_HOP, STEM_FORMAT, STEM_FORMAT_VERSION, assemble_cache, \
-        remove_tree, write_track_part
-
     plan = MixPlan(plan_path, cache_path)
     origin = str(Path(plan_path).resolve())
     with OutputLock(output, "remix"):

@@ -41,12 +41,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.signal import welch
 
 from mss_tools import __version__, audio, formats
+from mss_tools.cache import StemCache, is_stem_cache, remove_tree
+from mss_tools.datasets import discover, load_track
 from mss_tools.errors import BadInput, MssError
 from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, count_values, is_silent, nanmean,
                                nanmedian,
                                si_sdr, usdr)
+from mss_tools.metrics.bsseval import evaluate_track, framewise_sdr
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
 from mss_tools.progress import log, progress_bar
 from mss_tools.runner import TrackFailure, failure_summary, run_tracks
@@ -63,24 +67,18 @@ class ReferenceSource:
     path: str
 
     def __post_init__(self):
-        from mss_tools.cache import is_stem_cache
-
         self.is_cache = is_stem_cache(Path(self.path))
         self._dataset = None
 
     def load(self, track: str, stems: list[str], split: str | None = None) -> tuple[dict[str, np.ndarray], int]:
         """References ``{stem: (channels, time)}`` for ``stems`` (``accompaniment``: everything but vocals)."""
         if self.is_cache:
-            from mss_tools.cache import StemCache
-
             cache = StemCache(self.path)
             splits = [split] if split else cache.splits()
             for candidate in splits:
                 if track in cache.tracks(candidate):
                     return _pick(dict(zip(cache.sources, cache.read(candidate, track))), stems, track), cache.sample_rate
             raise BadInput(f"{self.path}: no track {track!r} among the references")
-        from mss_tools.datasets import discover, load_track
-
         if self._dataset is None:
             self._dataset = discover(self.path)
         refs = [t for t in self._dataset.tracks if t.name == track]
@@ -129,8 +127,6 @@ def spectral_condition(reference: np.ndarray, filter_length: int = 512) -> float
     reference = np.asarray(reference, dtype=np.float64)
     if reference.shape[0] > 1 and np.array_equal(reference[0], reference[1]):
         return float("inf")
-    from scipy.signal import welch
-
     frame = 2 * filter_length
     if reference.shape[-1] < frame:
         return float("inf")
@@ -189,8 +185,6 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
                 for stem in run:
                     result[stem]["ill_conditioned"] = True
     elif stems:
-        from mss_tools.metrics.bsseval import framewise_sdr
-
         sdr = framewise_sdr(np.stack([refs[s] for s in stems]), np.stack([estimates[s] for s in stems]), rate)
         frames = {s: {"sdr": sdr[i].tolist()} for i, s in enumerate(stems)}
     for stem in stems:
@@ -221,8 +215,6 @@ def _bsseval(refs, estimates, stems, rate, backend) -> tuple[dict[str, dict[str,
         values = {"sdr": sdr, "isr": isr, "sir": sir, "sar": sar}
         return ({s: {m: v[i].tolist() for m, v in values.items()} for i, s in enumerate(stems)},
                 {s: spectral_condition(refs[s]) for s in stems})
-    from mss_tools.metrics.bsseval import evaluate_track
-
     scores = evaluate_track({s: refs[s] for s in stems}, {s: estimates[s] for s in stems}, rate, condition=True)
     return scores, {s: scores[s].pop("condition") for s in stems}
 
@@ -378,8 +370,6 @@ def _score_folders(folders: list[Path], scorer: _TrackScorer, predictions: Path,
     document = formats.json_values(document)
     if output:
         formats.write_scores(output, document)
-        from mss_tools.cache import remove_tree
-
         remove_tree(parts)
     return document
 

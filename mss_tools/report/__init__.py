@@ -16,8 +16,12 @@ from typing import Sequence
 
 from mss_tools.errors import BadInput
 from mss_tools.outputs import OutputLock, is_temp_name, sweep_temps, write_text
-from mss_tools.report.runs import Run, label_of, load_runs, load_scores
-from mss_tools.report.tables import csv_text, markdown_tables, table_rows
+from mss_tools.progress import log
+from mss_tools.report import html, plots, stats
+from mss_tools.report import listening as listening_module
+from mss_tools.report.runs import Run, label_of, load_runs, load_scores, run_of
+from mss_tools.report.tables import (MODELS_COLUMNS, csv_text, ill_conditioned_note, markdown_tables, model_rows,
+                                     silent_reference_note, table_rows, track_set_warning)
 
 __all__ = ["compare", "markdown_summary", "load_runs", "load_scores", "label_of", "table_rows", "markdown_tables",
            "csv_text", "Run"]
@@ -35,9 +39,6 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
     category of ``excerpt_seconds`` each, unless ``listening`` is false). One writer per report folder;
     a folder of other files is refused unless ``force``.
     """
-    from mss_tools.report import stats
-    from mss_tools.report.tables import ill_conditioned_note, silent_reference_note, track_set_warning
-
     if excerpt_seconds <= 0:
         raise BadInput(f"--excerpt-seconds must be positive, not {excerpt_seconds}")
     if not 1 <= excerpts <= MAX_EXCERPTS:
@@ -81,11 +82,6 @@ def _check_report_folder(folder: Path, force: bool) -> None:
 
 def _write_report(folder: Path, runs, rows, notes, comparisons, text: str, listening: bool, excerpt_seconds: float,
                   excerpts: int, bootstrap: int, seed: int) -> None:
-    from mss_tools.progress import log
-    from mss_tools.report import html, plots, stats
-    from mss_tools.report import listening as listening_module
-    from mss_tools.report.tables import MODELS_COLUMNS, model_rows
-
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "results.csv", csv_text(rows))
     write_text(folder / "models.csv", csv_text(model_rows(runs), MODELS_COLUMNS))
@@ -107,7 +103,5 @@ def _write_report(folder: Path, runs, rows, notes, comparisons, text: str, liste
 
 def markdown_summary(documents: Sequence[dict], paths: Sequence[str | os.PathLike]) -> str:
     """The per-source Markdown tables of score documents already in memory (labelled by ``paths``)."""
-    from mss_tools.report.runs import run_of
-
     runs = [run_of(document, path) for document, path in zip(documents, paths)]
     return markdown_tables(table_rows(runs), {run.label: run.info for run in runs})
