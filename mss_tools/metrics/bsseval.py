@@ -420,7 +420,7 @@ def _gram(corr_rr: np.ndarray, filter_length: int) -> np.ndarray:
     st = sym.strides
     tiles = np.lib.stride_tricks.as_strided(sym[:, :, L - 1:], shape=(K, K, L, L),
                                             strides=(st[0], st[1], -st[2], st[2]), writeable=False)
-    gram = np.ascontiguousarray(tiles.transpose(0, 2, 1, 3)).reshape(K * L, K * L)
+    gram = np.array(tiles.transpose(0, 2, 1, 3), order="C").reshape(K * L, K * L)  # a copy, also when L == 1
     gram[np.diag_indices(K * L)] += _EPS
     return gram
 
