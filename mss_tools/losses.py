@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from mss_tools.dsp import STFT
+from mss_tools.dsp import STFT, loss_n_fft
 from mss_tools.errors import BadInput
 
 
@@ -18,7 +18,7 @@ def _loss_stft(model) -> STFT:
     stft = getattr(model, "stft", None)
     if isinstance(stft, STFT):
         return stft
-    n_fft = 4096 if getattr(model, "sample_rate", 44100) > 32000 else 2048
+    n_fft = loss_n_fft(getattr(model, "sample_rate", 44100))
     cached = getattr(model, "_loss_stft", None)
     if cached is None:
         cached = STFT(n_fft, n_fft // 4)

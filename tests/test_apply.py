@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mss_tools.apply import chunk_count, crossfade_window, separate_tensor
-from mss_tools.dsp import STFT
+from mss_tools.dsp import STFT, loss_n_fft, model_n_fft, onset_n_fft, unet_n_fft
 from mss_tools.metrics import si_sdr, usdr
 
 
@@ -65,6 +65,15 @@ def test_stft_round_trip_and_shapes():
     spec = stft(wave)
     assert spec.shape == (2, 3, 129, 1001 // 64 + 1)
     torch.testing.assert_close(stft.inverse(spec, 1001), wave, rtol=1e-4, atol=1e-5)
+
+
+def test_stft_window_rules():
+    rates = [500, 8000, 16000, 22050, 32000, 32001, 44100, 48000]
+    assert [model_n_fft(r) for r in rates] == [32, 512, 1024, 1024, 2048, 2048, 2048, 2048]
+    assert [unet_n_fft(r) for r in rates] == [64, 512, 1024, 1024, 2048, 2048, 2048, 2048]
+    assert [loss_n_fft(r) for r in rates] == [2048, 2048, 2048, 2048, 2048, 4096, 4096, 4096]
+    assert [onset_n_fft(r) for r in rates] == [32, 512, 1024, 1024, 2048, 2048, 2048, 2048]
+    assert onset_n_fft(100) == 16
 
 
 def test_usdr_and_si_sdr_values():

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mss_tools.dsp import STFT
+from mss_tools.dsp import STFT, model_n_fft
 from mss_tools.errors import BadInput
 from mss_tools.models.base import SeparationModel
 
@@ -67,9 +67,6 @@ BAND_SCHEMES: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 TARGET_SCHEMES: dict[str, str] = {"vocals": "v7", "other": "v7", "bass": "bass", "drums": "drums"}
-
-# Paper: 2048-point window at 44.1 kHz (about 46 ms), hop a quarter of it.
-_WINDOW_SECONDS = 2048 / 44100
 
 
 def band_edges_hz(scheme: str) -> list[int]:
@@ -109,11 +106,6 @@ def resolve_band_scheme(band_scheme: str, sources: Sequence[str]) -> str:
     if len(sources) == 1:
         return TARGET_SCHEMES.get(sources[0], "v7")
     return "v7"
-
-
-def auto_n_fft(sample_rate: int) -> int:
-    """Power of two closest (in log scale) to a 46 ms window: 2048 at 44.1/48 kHz, 1024 at 16-22 kHz."""
-    return 2 ** round(math.log2(sample_rate * _WINDOW_SECONDS))
 
 
 def _uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
@@ -330,7 +322,7 @@ class BSRNN(SeparationModel):
         self.independent_channels = config["channel_mode"] == "independent"
         band_channels = 1 if self.independent_channels else self.audio_channels
 
-        n_fft = config["n_fft"] or auto_n_fft(self.sample_rate)
+        n_fft = config["n_fft"] or model_n_fft(self.sample_rate)
         hop_length = config["hop_length"] or n_fft // 4
         try:
             self.stft = STFT(n_fft, hop_length)

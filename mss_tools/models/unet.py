@@ -12,14 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mss_tools.dsp import STFT
+from mss_tools.dsp import STFT, unet_n_fft
 from mss_tools.models.base import SeparationModel
-
-
-def auto_n_fft(sample_rate: int, at_44k: int = 2048) -> int:
-    """``at_44k`` scaled to ``sample_rate``, as a power of two (keeps the window near 46 ms)."""
-    target = at_44k * sample_rate / 44100
-    return 1 << max(6, int(round(torch.log2(torch.tensor(target)).item())))
 
 
 class UNet(SeparationModel):
@@ -51,7 +45,7 @@ class UNet(SeparationModel):
     def __init__(self, sources, audio_channels=2, sample_rate=44100, *, n_fft=0, hop_length=0, depth=6,
                  channels=16, max_channels=512, kernel_size=5, dropout=0.5, decoder_dropout_layers=3):
         super().__init__(sources, audio_channels, sample_rate)
-        n_fft = n_fft or auto_n_fft(sample_rate)
+        n_fft = n_fft or unet_n_fft(sample_rate)
         self.stft = STFT(n_fft, hop_length or n_fft // 4)
         self.depth = depth
         pad = kernel_size // 2

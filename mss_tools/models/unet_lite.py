@@ -14,9 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mss_tools.dsp import STFT
+from mss_tools.dsp import STFT, unet_n_fft
 from mss_tools.models.base import SeparationModel
-from mss_tools.models.unet import auto_n_fft
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
@@ -53,7 +52,7 @@ class UNetLite(SeparationModel):
     def __init__(self, sources, audio_channels=2, sample_rate=44100, *, n_fft=0, hop_length=0, channels=8, depth=3,
                  bottleneck_channels=64, kernel_size=3, bottleneck_dropout=0.3, decoder_dropout=0.2):
         super().__init__(sources, audio_channels, sample_rate)
-        n_fft = n_fft or auto_n_fft(sample_rate)
+        n_fft = n_fft or unet_n_fft(sample_rate)
         self.stft = STFT(n_fft, hop_length or n_fft // 4)
         self.depth = depth
         widths = [channels * 2 ** i for i in range(depth)]
