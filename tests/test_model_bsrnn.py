@@ -207,9 +207,11 @@ def test_bad_options_raise_bad_input(overrides):
         build_model("bsrnn", ["vocals"], 2, 16000, overrides={**TINY, **overrides})
 
 
-def test_unknown_option_to_constructor_raises_bad_input():
+def test_unknown_option_in_a_config_raises_bad_input():
     with pytest.raises(BadInput):
-        BSRNNSE(["vocals"], 2, 16000, depth=3)
+        build_model("bsrnn_se", ["vocals"], 2, 16000, config={"depth": 3})
+    with pytest.raises(TypeError):  # the constructor takes its own config type only
+        BSRNNSE(["vocals"], 2, 16000, BSRNN.DEFAULTS)
 
 
 def test_wrong_input_shape_raises_bad_input():
