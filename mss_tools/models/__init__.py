@@ -25,6 +25,7 @@ ARCHITECTURES: dict[str, str] = {
 
 BASELINES: dict[str, str] = {
     "mixture": "mss_tools.models.baselines:MixtureBaseline",
+    "silence": "mss_tools.models.baselines:SilenceBaseline",
 }
 
 
