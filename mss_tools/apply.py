@@ -1,8 +1,10 @@
 """Model-agnostic inference: streaming chunked overlap-add with test-time augmentation.
 
-Works for any :class:`~mss_tools.models.base.SeparationModel` (waveform in, stems out):
-the track is cut into ``segment``-second chunks overlapping by ``overlap``, chunks are run
-in batches, and the outputs are blended with a raised-cosine cross-fade.
+Works for any :class:`~mss_tools.models.base.SourceSeparator` (``sources``,
+``sample_rate``, ``audio_channels``, ``segment``; waveform ``(batch, audio_channels, time)``
+in, stems ``(batch, len(sources), audio_channels, time)`` out): the track is cut into
+``segment``-second chunks overlapping by ``overlap``, chunks are run in batches, and the
+outputs are blended with a raised-cosine cross-fade.
 :class:`StreamingSeparator` takes the mixture in blocks and hands back finished stems as
 soon as no later chunk can touch them, so memory is bounded by the chunk, not the track;
 :func:`separate_tensor` is the same on a whole track held in memory.
@@ -14,12 +16,15 @@ maps every estimate back and averages them.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from mss_tools.models.base import SourceSeparator
 
 
 def crossfade_window(length: int, fade: int, left: bool = True, right: bool = True) -> torch.Tensor:
@@ -37,8 +42,16 @@ def crossfade_window(length: int, fade: int, left: bool = True, right: bool = Tr
     return window.clamp_min(1e-3).float()
 
 
-def default_segment(model, segment: float | None = None) -> float:
-    return segment or getattr(model, "segment", None) or model.DEFAULT_SEGMENT
+def default_segment(model: SourceSeparator, segment: float | None = None) -> float:
+    return segment or model.segment
+
+
+def model_device(model: SourceSeparator) -> torch.device:
+    """Where a module's parameters (or buffers) are; the CPU for a model that holds no tensors."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
 
 
 def chunk_starts(length: int, chunk: int, overlap: float) -> list[int]:
@@ -219,7 +232,7 @@ class StreamingSeparator:
     ``chunk + batch_size · hop + delay`` samples.
     """
 
-    def __init__(self, model, length: int, segment: float | None = None, overlap: float = 0.25,
+    def __init__(self, model: SourceSeparator, length: int, segment: float | None = None, overlap: float = 0.25,
                  batch_size: int = 4, device: str | torch.device | None = None, passes: Sequence[Pass] | None = None,
                  progress=None, channels: int | None = None):
         if length <= 0:
@@ -227,7 +240,7 @@ class StreamingSeparator:
         self.model = model
         self.length = int(length)
         self.batch_size = max(1, int(batch_size))
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = torch.device(device) if device is not None else model_device(model)
         self.progress = progress
         self.channels = channels if channels is not None else model.audio_channels
         chunk = max(1, int(round(default_segment(model, segment) * model.sample_rate)))
@@ -318,7 +331,7 @@ class StreamingSeparator:
         return out / len(self.passes) if len(self.passes) > 1 else out
 
 
-def separate_tensor(model, mix: torch.Tensor, segment: float | None = None, overlap: float = 0.25,
+def separate_tensor(model: SourceSeparator, mix: torch.Tensor, segment: float | None = None, overlap: float = 0.25,
                     batch_size: int = 4, device: str | torch.device | None = None, progress=None,
                     passes: Sequence[Pass] | None = None) -> torch.Tensor:
     """Separate ``mix`` ``(channels, time)`` at the model's sample rate into ``(sources, channels, time)``.

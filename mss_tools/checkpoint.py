@@ -7,6 +7,7 @@ scheduler, step, RNG states...).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import platform
@@ -57,7 +58,7 @@ def model_payload(model, meta: dict[str, Any] | None = None, state_dict: dict | 
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "arch": model.arch,
-        "config": dict(model.config),
+        "config": dataclasses.asdict(model.config),
         "sources": list(model.sources),
         "sample_rate": int(model.sample_rate),
         "audio_channels": int(model.audio_channels),
@@ -112,11 +113,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def model_from_payload(payload: dict[str, Any], origin: str = "checkpoint"):
-    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+    """Rebuild the model a checkpoint describes (with the segment it was trained on) and load its weights (strictly)."""
     from mss_tools.models import build_model
 
     model = build_model(payload["arch"], payload["sources"], payload["audio_channels"], payload["sample_rate"],
-                        config=payload["config"])
+                        config=payload["config"], segment=payload.get("meta", {}).get("segment"))
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:
@@ -129,6 +130,5 @@ def load_model(path: str | os.PathLike):
     """The model of checkpoint ``path``, in eval mode, on the CPU."""
     payload = read_checkpoint(path)
     model = model_from_payload(payload, str(path))
-    model.segment = float(payload.get("meta", {}).get("segment") or model.DEFAULT_SEGMENT)
     model.eval()
     return model

@@ -10,20 +10,22 @@ from typing import Callable
 
 import torch
 
-from mss_tools.dsp import STFT
+from mss_tools.dsp import STFT, loss_n_fft
 from mss_tools.errors import BadInput
 
+_STFTS: dict[tuple[int, int, torch.device], STFT] = {}
 
-def _loss_stft(model) -> STFT:
+
+def loss_stft(model, device: torch.device) -> STFT:
+    """The model's own STFT, else one of :func:`~mss_tools.dsp.loss_n_fft` points (hop a quarter) on ``device``."""
     stft = getattr(model, "stft", None)
     if isinstance(stft, STFT):
         return stft
-    n_fft = 4096 if getattr(model, "sample_rate", 44100) > 32000 else 2048
-    cached = getattr(model, "_loss_stft", None)
-    if cached is None:
-        cached = STFT(n_fft, n_fft // 4)
-        object.__setattr__(model, "_loss_stft", cached)
-    return cached
+    n_fft = loss_n_fft(getattr(model, "sample_rate", 44100))
+    key = (n_fft, n_fft // 4, device)
+    if key not in _STFTS:
+        _STFTS[key] = STFT(n_fft, n_fft // 4).to(device)
+    return _STFTS[key]
 
 
 def l1_wave(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch.Tensor:
@@ -38,13 +40,13 @@ def mse_wave(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch.Tensor:
 
 def l1_magnitude(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch.Tensor:
     """Mean absolute error between magnitude spectrograms (the spectrogram U-Nets)."""
-    stft = _loss_stft(model)
+    stft = loss_stft(model, est.device)
     return (stft(est).abs() - stft(ref).abs()).abs().mean()
 
 
 def l1_complex_wave(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch.Tensor:
     """L1 on real and imaginary STFT parts plus L1 on the waveform (BSRNN)."""
-    stft = _loss_stft(model)
+    stft = loss_stft(model, est.device)
     diff = stft(est) - stft(ref)
     return diff.real.abs().mean() + diff.imag.abs().mean() + (est - ref).abs().mean()
 

@@ -36,6 +36,7 @@ from mss_tools.apply import StreamingSeparator, chunk_hop, default_segment, tta_
 from mss_tools.cache import StemCache, is_stem_cache
 from mss_tools.checkpoint import load_model
 from mss_tools.errors import BadInput, MssError
+from mss_tools.models import BASELINES, build_baseline
 from mss_tools.outputs import OutputLock, is_temp_name, sweep_temps
 from mss_tools.runner import TrackFailure, failure_summary, run_tracks
 from mss_tools.progress import log, progress_bar
@@ -241,8 +242,9 @@ def separate(checkpoint: str, inputs: Sequence[str], output: str | os.PathLike, 
     from mss_tools.training import resolve_device
 
     output = Path(output)
-    model = (mixture_baseline(inputs) if checkpoint == MIXTURE_BASELINE else load_model(checkpoint))
-    model = model.to(resolve_device(device))
+    device = resolve_device(device)
+    model = baseline_for(checkpoint, inputs) if checkpoint in BASELINES else load_model(checkpoint)
+    model = model.to(device)
     spec = output_spec(model, file_format, subtype, name_template, two_stems)
     tracks = collect_inputs(inputs, split)
     files = {t.name: spec.paths(t.name) for t in tracks}
@@ -258,7 +260,7 @@ def separate(checkpoint: str, inputs: Sequence[str], output: str | os.PathLike, 
         _check_predictions_folder(output, force)
         sweep_temps(output)
         return _separate_tracks(model, tracks, files, output, spec, settings, stamp, checkpoint, force, batch_size,
-                                shifts, tta_flip, seed)
+                                shifts, tta_flip, seed, device)
 
 
 def _check_predictions_folder(output: Path, force: bool) -> None:
@@ -274,7 +276,7 @@ def _check_predictions_folder(output: Path, force: bool) -> None:
 
 def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str, Path]], output: Path,
                      spec: OutputSpec, settings: dict, stamp: str, checkpoint: str, force: bool, batch_size: int,
-                     shifts: int, tta_flip: bool, seed: int) -> int:
+                     shifts: int, tta_flip: bool, seed: int, device: torch.device) -> int:
     manifest_path = output / formats.MANIFEST_NAME
     manifest = _previous_manifest(manifest_path)
     if manifest.get("checkpoint_stamp") != stamp or any(manifest.get(k) != v for k, v in settings.items()):
@@ -282,7 +284,7 @@ def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str,
     done = {entry["track"] for entry in manifest.get("tracks", [])}
     output.mkdir(parents=True, exist_ok=True)
     manifest.update({
-        "checkpoint": checkpoint if checkpoint == MIXTURE_BASELINE else str(Path(checkpoint).resolve()),
+        "checkpoint": checkpoint if checkpoint in BASELINES else str(Path(checkpoint).resolve()),
         "checkpoint_stamp": stamp, "arch": model.arch, "sources": model.sources, "stems": list(spec.stems),
         "model_sample_rate": model.sample_rate, **settings,
     })
@@ -302,7 +304,7 @@ def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str,
         passes = tta_passes(shifts, tta_flip, int(MAX_SHIFT_SECONDS * model.sample_rate), model.audio_channels, rng)
         try:
             return separate_track(model, track, paths, spec, settings["segment"], settings["overlap"], batch_size,
-                                  passes)
+                                  passes, device)
         except MssError as exc:
             message = str(exc)
             raise type(exc)(message if track.label in message else f"{track.label}: {message}") from None
@@ -325,8 +327,9 @@ def _separate_tracks(model, tracks: list[InputTrack], files: dict[str, dict[str,
 
 
 def separate_track(model, track: InputTrack, paths: dict[str, Path], spec: OutputSpec, segment: float,
-                   overlap: float, batch_size: int, passes) -> dict:
-    """Stream one track through ``model`` into ``paths`` (stem -> file) at the track's own rate and channels.
+                   overlap: float, batch_size: int, passes, device: torch.device | None = None) -> dict:
+    """Stream one track through ``model`` into ``paths`` (stem -> file) at the track's own rate and channels,
+    the chunks run on ``device`` (default: the model's).
 
     Returns ``{"sample_rate", "audio_seconds", "wall_seconds"}``.
     """
@@ -336,7 +339,7 @@ def separate_track(model, track: InputTrack, paths: dict[str, Path], spec: Outpu
         if channels > 2:
             raise BadInput(f"{track.label}: {channels} channels; mss separates mono and stereo")
         separator = StreamingSeparator(model, audio.resampled_length(length, rate, model.sample_rate), segment,
-                                       overlap, batch_size, passes=passes)
+                                       overlap, batch_size, device, passes=passes)
         to_model = audio.StreamResampler(rate, model.sample_rate)
         to_input = audio.StreamResampler(model.sample_rate, rate)
         index = {name: i for i, name in enumerate(model.sources)}
@@ -393,44 +396,21 @@ def _clashes(files: dict[str, dict[str, Path]]) -> list[str]:
     return clashes
 
 
-MIXTURE_BASELINE = "mixture"
-
-
-class MixtureBaseline(torch.nn.Module):
-    """The baseline every model must beat: each source's estimate is the mixture itself.
-
-    ``forward``: ``(batch, channels, time)`` -> ``(batch, sources, channels, time)``.
-    """
-
-    arch = MIXTURE_BASELINE
-    DEFAULT_SEGMENT = 10.0
-
-    def __init__(self, sources: Sequence[str], sample_rate: int, audio_channels: int = 2):
-        super().__init__()
-        self.sources = list(sources)
-        self.sample_rate = int(sample_rate)
-        self.audio_channels = audio_channels
-        self.register_buffer("anchor", torch.zeros(()))
-        self.anchor_parameter = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
-
-    def forward(self, mix: torch.Tensor) -> torch.Tensor:
-        return mix.unsqueeze(1).expand(-1, len(self.sources), -1, -1).clone()
-
-
-def mixture_baseline(inputs: Sequence[str]) -> MixtureBaseline:
-    """The mixture baseline for ``inputs``: the sources and rate of the first stem cache, else MUSDB's at 44.1 kHz."""
+def baseline_for(name: str, inputs: Sequence[str]):
+    """The baseline ``name`` for ``inputs``: the sources, rate and channels of the first stem cache among
+    them, else MUSDB's sources in stereo at 44.1 kHz."""
     from mss_tools.datasets import MUSDB_SOURCES
 
     for item in inputs:
         if is_stem_cache(Path(item)):
             cache = StemCache(item)
-            return MixtureBaseline(cache.sources, cache.sample_rate, cache.channels).eval()
-    return MixtureBaseline(MUSDB_SOURCES, 44100).eval()
+            return build_baseline(name, cache.sources, cache.channels, cache.sample_rate)
+    return build_baseline(name, MUSDB_SOURCES, 2, 44100)
 
 
 def _checkpoint_stamp(path: str) -> str:
-    if path == MIXTURE_BASELINE:
-        return MIXTURE_BASELINE
+    if path in BASELINES:
+        return path
     stat = Path(path).stat()
     return f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 

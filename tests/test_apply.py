@@ -3,21 +3,22 @@ import pytest
 import torch
 
 from mss_tools.apply import chunk_count, crossfade_window, separate_tensor
-from mss_tools.dsp import STFT
+from mss_tools.dsp import STFT, loss_n_fft, model_n_fft, onset_n_fft, unet_n_fft
 from mss_tools.metrics import si_sdr, usdr
 
 
-class Scaler(torch.nn.Module):
-    """A stand-in model: source k is (k+1)/10 of the mixture."""
-
-    DEFAULT_SEGMENT = 0.5
+class Scaler:
+    """A stand-in model (a plain object with what inference needs): source k is (k+1)/10 of the mixture."""
 
     def __init__(self, sources=("a", "b", "c")):
-        super().__init__()
         self.sources = list(sources)
         self.sample_rate = 1000
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.audio_channels = 2
+        self.segment = 0.5
         self.calls = []
+
+    def __call__(self, mix):
+        return self.forward(mix)
 
     def forward(self, mix):
         self.calls.append(tuple(mix.shape))
@@ -65,6 +66,15 @@ def test_stft_round_trip_and_shapes():
     spec = stft(wave)
     assert spec.shape == (2, 3, 129, 1001 // 64 + 1)
     torch.testing.assert_close(stft.inverse(spec, 1001), wave, rtol=1e-4, atol=1e-5)
+
+
+def test_stft_window_rules():
+    rates = [500, 8000, 16000, 22050, 32000, 32001, 44100, 48000]
+    assert [model_n_fft(r) for r in rates] == [32, 512, 1024, 1024, 2048, 2048, 2048, 2048]
+    assert [unet_n_fft(r) for r in rates] == [64, 512, 1024, 1024, 2048, 2048, 2048, 2048]
+    assert [loss_n_fft(r) for r in rates] == [2048, 2048, 2048, 2048, 2048, 4096, 4096, 4096]
+    assert [onset_n_fft(r) for r in rates] == [32, 512, 1024, 1024, 2048, 2048, 2048, 2048]
+    assert onset_n_fft(100) == 16
 
 
 def test_usdr_and_si_sdr_values():

@@ -7,10 +7,11 @@ import io
 import pytest
 import torch
 
+from mss_tools.dsp import model_n_fft
 from mss_tools.errors import BadInput
 from mss_tools.losses import get_loss
 from mss_tools.models import build_model
-from mss_tools.models.bsrnn import BAND_SCHEMES, BSRNN, BSRNNSE, auto_n_fft, band_edges_hz, band_widths
+from mss_tools.models.bsrnn import BAND_SCHEMES, BSRNN, BSRNNSE, band_edges_hz, band_widths
 
 TINY = {"feature_dim": 8, "hidden_dim": 8, "num_blocks": 1, "mlp_ratio": 2}
 
@@ -23,7 +24,7 @@ def tiny(arch="bsrnn", sources=("vocals",), channels=2, sample_rate=16000, **ove
 @pytest.mark.parametrize("scheme", sorted(BAND_SCHEMES))
 @pytest.mark.parametrize("sample_rate", [16000, 22050, 44100])
 def test_bands_tile_all_bins(scheme, sample_rate):
-    for n_fft in (auto_n_fft(sample_rate), 256, 4096):
+    for n_fft in (model_n_fft(sample_rate), 256, 4096):
         widths = band_widths(scheme, sample_rate, n_fft)
         assert sum(widths) == n_fft // 2 + 1
         assert min(widths) >= 1
@@ -206,9 +207,11 @@ def test_bad_options_raise_bad_input(overrides):
         build_model("bsrnn", ["vocals"], 2, 16000, overrides={**TINY, **overrides})
 
 
-def test_unknown_option_to_constructor_raises_bad_input():
+def test_unknown_option_in_a_config_raises_bad_input():
     with pytest.raises(BadInput):
-        BSRNNSE(["vocals"], 2, 16000, depth=3)
+        build_model("bsrnn_se", ["vocals"], 2, 16000, config={"depth": 3})
+    with pytest.raises(TypeError):  # the constructor takes its own config type only
+        BSRNNSE(["vocals"], 2, 16000, BSRNN.DEFAULTS)
 
 
 def test_wrong_input_shape_raises_bad_input():

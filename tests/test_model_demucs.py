@@ -88,9 +88,8 @@ def test_lstm_state_dict_refused_by_attention_model():
 def test_unknown_option_is_bad_input(arch):
     with pytest.raises(BadInput, match="unknown option"):
         build_model(arch, ["vocals"], 2, 16000, preset="small", overrides={"nonsense": 1})
-    cls = DemucsLSTM if arch == "demucs_lstm" else DemucsAttention
     with pytest.raises(BadInput):
-        cls(["vocals"], nonsense=1)
+        build_model(arch, ["vocals"], 2, 16000, config={"nonsense": 1})
 
 
 def test_bad_options_are_bad_input():

@@ -1,6 +1,6 @@
 """Contract tests every registered architecture must pass (tiny configs, CPU)."""
 
-import re
+import dataclasses
 
 import pytest
 import torch
@@ -9,6 +9,7 @@ from mss_tools.checkpoint import load_model, model_payload, save_checkpoint
 from mss_tools.errors import BadInput
 from mss_tools.losses import get_loss
 from mss_tools.models import ARCHITECTURES, build_model, model_class
+from mss_tools.models.base import ModelConfig, SourceSeparator
 
 TINY = {
     "unet": {"depth": 3, "channels": 4},
@@ -106,12 +107,18 @@ def test_unknown_option_and_bad_type_are_refused(arch):
         model_class(arch).resolve_config(None, {key: "many"})
 
 
-def test_presets_exist_and_docstring_cites_shapes(arch):
+def test_presets_exist_and_build_the_model_they_name(arch):
     cls = model_class(arch)
     assert {"small", "paper"} <= set(cls.PRESETS)
-    doc = (cls.__doc__ or "") + (__import__(cls.__module__, fromlist=["x"]).__doc__ or "")
-    assert re.search(r"\(\w+, \w+, \w+\)", doc), "the docstring states the waveform shape"
-    assert re.search(r"arXiv|ISMIR|et al\.", doc), "the docstring cites the paper"
+    for name, preset in cls.PRESETS.items():
+        assert type(preset) is type(cls.DEFAULTS)
+        with torch.device("meta"):  # no memory; rescaling (slow on meta tensors) changes no structure
+            model = build_model(arch, ["vocals"], 2, 44100, preset=name,
+                                overrides={"rescale": 0.0} if "rescale" in cls.DEFAULTS else None)
+        assert model.config == preset.with_options({"rescale": 0.0} if "rescale" in cls.DEFAULTS else {})
+        assert isinstance(model, SourceSeparator)
+        assert (model.arch, model.sources, model.audio_channels, model.sample_rate, model.segment) == (
+            arch, ["vocals"], 2, 44100, cls.DEFAULT_SEGMENT)
 
 
 def test_unet_with_all_pass_masks_reconstructs_the_mixture():
@@ -123,12 +130,89 @@ def test_unet_with_all_pass_masks_reconstructs_the_mixture():
     torch.testing.assert_close(out[0, 0], mix[0], rtol=1e-4, atol=1e-4)
 
 
-def test_unet_lite_structure_matches_its_description():
+def test_unet_lite_size_matches_its_description():
+    """Encoder blocks of 8, 16, 32 filters (3x3 conv, BatchNorm), a 64-channel 3x3 bottleneck, per level a 2x2
+    transposed convolution (BatchNorm) and a 3x3 merge convolution (BatchNorm), a 1x1 head: that many parameters."""
     model = build_model("unet_lite", ["vocals"], 2, 22050)
-    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [8, 16, 32]
-    assert model.bottleneck[0][0].out_channels == 64
-    assert model.bottleneck[1].p == 0.3
-    assert all(block[-1].p == 0.2 for block in model.upsample)
-    assert model.head.kernel_size == (1, 1)
+
+    def conv(inputs, outputs, kernel):  # weights, bias and the BatchNorm after it
+        return inputs * outputs * kernel * kernel + outputs + 2 * outputs
+
+    encoder = conv(2, 8, 3) + conv(8, 16, 3) + conv(16, 32, 3)
+    bottleneck = conv(32, 64, 3)
+    decoder = conv(64, 32, 2) + conv(64, 32, 3) + conv(32, 16, 2) + conv(32, 16, 3) + conv(16, 8, 2) + conv(16, 8, 3)
+    head = 8 * 2 + 2
+    assert model.num_parameters == encoder + bottleneck + decoder + head
     assert model.num_parameters < 100_000
+
+
+def test_unet_lite_dropout_acts_in_training_only():
+    model = build_model("unet_lite", ["vocals"], 2, 22050)
+    assert (model.config.bottleneck_dropout, model.config.decoder_dropout) == (0.3, 0.2)
+    mix = torch.randn(1, 2, 8000)
+    with torch.no_grad():
+        assert not torch.equal(model.train()(mix), model(mix))
+        assert torch.equal(model.eval()(mix), model(mix))
+        without = build_model("unet_lite", ["vocals"], 2, 22050,
+                              overrides={"bottleneck_dropout": 0.0, "decoder_dropout": 0.0}).train()
+        assert torch.equal(without(mix), without(mix))
+
+
+@dataclasses.dataclass(frozen=True)
+class EveryKind(ModelConfig):
+    count: int = 0
+    gain: float = 1.0
+    flag: bool = False
+    mode: str = "a"
+    label: str | None = None
+    sizes: tuple[int, ...] = (1, 2)
+    names: list[str] = dataclasses.field(default_factory=list)
+
+
+def test_options_are_converted_by_their_type_hints():
+    from_strings = EveryKind().with_options({"count": " 3 ", "gain": "2", "flag": "yes", "mode": "b", "label": "x",
+                                             "sizes": "4, 5", "names": "[vocals, drums]"})
+    assert from_strings == EveryKind(3, 2.0, True, "b", "x", (4, 5), ["vocals", "drums"])
+    from_json = EveryKind(label="x").with_options({"gain": 2, "flag": False, "label": None, "sizes": [6],
+                                                   "names": ("bass",)})
+    assert from_json == EveryKind(0, 2.0, False, "a", None, (6,), ["bass"])
+    assert type(from_json.gain) is float and EveryKind().with_options({"label": "none"}).label is None
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"count": "many"}, "option count: expected int, got 'many'"),
+    ({"count": True}, "option count: expected int, got True"),
+    ({"count": 2.5}, "option count: expected int, got 2.5"),
+    ({"gain": "loud"}, "option gain: expected float, got 'loud'"),
+    ({"flag": "maybe"}, "option flag: expected true/false, got 'maybe'"),
+    ({"mode": 3}, "option mode: expected str, got 3"),
+    ({"sizes": "1,x"}, "option sizes: expected int, got 'x'"),
+    ({"sizes": 4}, "option sizes: expected a list of int, got 4"),
+    ({"names": [1]}, "option names: expected str, got 1"),
+    ({"colour": "red"}, "unknown option 'colour'; known options: count, flag, gain, label, mode, names, sizes"),
+])
+def test_bad_options_are_one_line_errors(options, message):
+    with pytest.raises(BadInput) as error:
+        EveryKind().with_options(options)
+    assert str(error.value) == message
+
+
+def test_checkpoint_holds_the_config_as_a_plain_dict_and_the_training_segment(tmp_path):
+    model = tiny("bsrnn_se")
+    payload = model_payload(model, {"segment": 2.5})
+    assert type(payload["config"]) is dict and payload["config"] == dataclasses.asdict(model.config)
+    save_checkpoint(tmp_path / "m.pt", payload)
+    loaded = load_model(tmp_path / "m.pt")
+    assert loaded.config == model.config and loaded.segment == 2.5 and model.segment == 3.0
+    payload["config"]["no_such_option"] = 1
+    save_checkpoint(tmp_path / "bad.pt", payload)
+    with pytest.raises(BadInput, match="config has options unknown to 'bsrnn_se': no_such_option"):
+        load_model(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize("loss", ["l1_magnitude", "l1_complex_wave"])
+def test_spectral_losses_leave_the_model_as_it_is(loss):
+    model = tiny("demucs_lstm")
+    attributes = dict(vars(model))
+    value = get_loss(loss)(torch.randn(1, 2, 2, 4000), torch.randn(1, 2, 2, 4000), model)
+    assert torch.isfinite(value) and vars(model) == attributes

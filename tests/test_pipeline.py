@@ -154,6 +154,29 @@ def test_mixture_baseline_is_a_checkpoint_name(demo_cache, tmp_path):
     assert json.loads((preds / "manifest.json").read_text())["arch"] == "mixture"
 
 
+def test_silence_baseline_scores_0_db_usdr_and_undefined_frame_sdr(demo_cache, tmp_path):
+    """Every estimate is zeros: usdr and si_sdr are 0 dB, and BSSEval's frame sdr is NaN (null) in every
+    frame, as museval leaves out a window where an estimate is silent."""
+    preds = tmp_path / "silence"
+    result = CliRunner().invoke(main, ["separate", "silence", str(demo_cache), "--split", "test", "-o", str(preds)])
+    assert result.exit_code == 0, result.output
+    cache = StemCache(demo_cache)
+    for track in cache.tracks("test"):
+        for stem in cache.sources:
+            data, rate = sf.read(preds / track / f"{stem}.wav", dtype="float32")
+            assert rate == 8000 and data.shape == (cache.length("test", track), 2) and not data.any()
+    manifest = json.loads((preds / "manifest.json").read_text())
+    assert manifest["arch"] == "silence" and manifest["checkpoint"] == "silence"
+    scores = tmp_path / "silence.json"
+    assert run_mss("score", preds, "-o", scores).returncode == 0
+    document = json.loads(scores.read_text())
+    for track in cache.tracks("test"):
+        for stem in cache.sources:
+            values = document["tracks"][track][stem]
+            assert values["usdr"] == 0.0 and values["si_sdr"] == 0.0 and values["sdr"] is None
+            assert values["frames"]["sdr"] == [None] * (cache.length("test", track) // 8000)
+
+
 def test_museval_accompaniment_convention_and_joint_runs(demo_cache, tmp_path):
     from mss_tools.scoring import evaluation_runs
 

@@ -1,5 +1,6 @@
 """``mss separate``: streaming equals whole-track separation, test-time augmentation, output formats and layout."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,28 +14,29 @@ from mss_tools.apply import Pass, StreamingSeparator, separate_tensor, tta_passe
 from mss_tools.checkpoint import load_model, model_payload, save_checkpoint
 from mss_tools.cli.main import main
 from mss_tools.models import ARCHITECTURES, build_model
-from mss_tools.models.base import SeparationModel
+from mss_tools.models.base import ModelConfig, SeparationModel
 from tests.conftest import SHARED, ffmpeg_available, run_mss
 
 SOURCES = ["vocals", "drums", "bass", "other"]
 MUSDB_TRACK = SHARED / "fixtures" / "musdb18-7s" / "train" / "Music Delta - 80s Rock.stem.mp4"
 
 
+@dataclasses.dataclass(frozen=True)
+class GainConfig(ModelConfig):
+    gain: float = 0.1
+
+
 class Gain(SeparationModel):
-    """A linear, time-invariant stand-in: source k is ``gain · (k + 1)`` times the mixture."""
+    """A linear, time-invariant stand-in without weights: source k is ``gain · (k + 1)`` times the mixture."""
 
-    DEFAULTS = {"gain": 0.1}
-    PRESETS = {"small": {}, "paper": {}}
+    ARCH = "gain"
+    DEFAULTS = GainConfig()
+    PRESETS = {"small": DEFAULTS, "paper": DEFAULTS}
     DEFAULT_SEGMENT = 0.5
-
-    def __init__(self, sources, audio_channels=2, sample_rate=8000, *, gain=0.1):
-        super().__init__(sources, audio_channels, sample_rate)
-        self.gain = gain
-        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the model a device
 
     def forward(self, mix):
         scale = torch.arange(1, len(self.sources) + 1, dtype=mix.dtype, device=mix.device).view(1, -1, 1, 1)
-        return mix.unsqueeze(1) * scale * self.gain + self.anchor
+        return mix.unsqueeze(1) * scale * self.config.gain
 
 
 def save_model(model, path):

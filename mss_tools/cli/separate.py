@@ -36,8 +36,9 @@ def cli(checkpoint, inputs, split, output, segment, overlap, batch_size, shifts,
         file_format, bits, name_template, device, force):
     """Separate INPUTS (audio files, folders, MUSDB .stem.mp4 files, or a stem cache with --split) with CHECKPOINT.
 
-    CHECKPOINT `mixture` is the baseline every model must beat: each source's estimate is
-    the mixture itself (the sources of the first stem cache among INPUTS, else MUSDB's).
+    CHECKPOINT `mixture` or `silence` names a baseline every model must beat: each source's
+    estimate is the mixture itself, or silence (the sources of the first stem cache among
+    INPUTS, else MUSDB's).
 
     Each track is streamed (memory bounded by the chunk, not the track) and written at the
     input's own sample rate and channel count, by default as OUTPUT/<track>/<stem>.wav,
@@ -48,6 +49,7 @@ def cli(checkpoint, inputs, split, output, segment, overlap, batch_size, shifts,
     \b
     Examples:
       mss separate mixture demo.h5 --split test -o preds/mixture
+      mss separate silence demo.h5 --split test -o preds/silence
       mss separate exp/unet/best.pt demo.h5 --split test -o preds/unet
       mss separate exp/unet/best.pt song.wav albums/ musdb18/test/ -o preds/mine --shifts 4 --tta-flip
       mss separate exp/unet/best.pt song.flac -o out --two-stems vocals --format flac --bits 24

@@ -43,16 +43,17 @@ sequence-first.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mss_tools.dsp import STFT
+from mss_tools.dsp import STFT, model_n_fft
 from mss_tools.errors import BadInput
-from mss_tools.models.base import SeparationModel
+from mss_tools.models.base import ModelConfig, SeparationModel
 
 # Each scheme: (upper edge in Hz, bandwidth in Hz) segments from 0 Hz; everything above the
 # last upper edge (up to Nyquist) is one band. Band counts at 44.1 kHz / n_fft 2048 are the
@@ -67,9 +68,6 @@ BAND_SCHEMES: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 TARGET_SCHEMES: dict[str, str] = {"vocals": "v7", "other": "v7", "bass": "bass", "drums": "drums"}
-
-# Paper: 2048-point window at 44.1 kHz (about 46 ms), hop a quarter of it.
-_WINDOW_SECONDS = 2048 / 44100
 
 
 def band_edges_hz(scheme: str) -> list[int]:
@@ -109,11 +107,6 @@ def resolve_band_scheme(band_scheme: str, sources: Sequence[str]) -> str:
     if len(sources) == 1:
         return TARGET_SCHEMES.get(sources[0], "v7")
     return "v7"
-
-
-def auto_n_fft(sample_rate: int) -> int:
-    """Power of two closest (in log scale) to a 46 ms window: 2048 at 44.1/48 kHz, 1024 at 16-22 kHz."""
-    return 2 ** round(math.log2(sample_rate * _WINDOW_SECONDS))
 
 
 def _uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
@@ -278,6 +271,24 @@ class BandSequenceBlock(nn.Module):
         return self.se(x) if self.se is not None else x
 
 
+@dataclasses.dataclass(frozen=True)
+class BSRNNConfig(ModelConfig):
+    feature_dim: int = 128
+    hidden_dim: int = 256
+    num_blocks: int = 12
+    mlp_ratio: int = 4
+    mlp_layers: int = 2
+    channel_mode: str = "independent"
+    n_fft: int = 0
+    hop_length: int = 0
+    band_scheme: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class BSRNNSEConfig(BSRNNConfig):
+    se_reduction: int = 8
+
+
 class BSRNN(SeparationModel):
     """Band-Split RNN (Luo & Yu, arXiv:2209.15174) with complex masks.
 
@@ -293,30 +304,21 @@ class BSRNN(SeparationModel):
     :data:`BAND_SCHEMES`). ``BSRNNSE`` adds ``se_reduction``.
     """
 
-    DEFAULTS = {
-        "feature_dim": 128,
-        "hidden_dim": 256,
-        "num_blocks": 12,
-        "mlp_ratio": 4,
-        "mlp_layers": 2,
-        "channel_mode": "independent",
-        "n_fft": 0,
-        "hop_length": 0,
-        "band_scheme": "auto",
-    }
+    ARCH = "bsrnn"
+    DEFAULTS = BSRNNConfig()
     PRESETS = {
-        "paper": {"feature_dim": 128, "hidden_dim": 256, "num_blocks": 12, "mlp_ratio": 4, "mlp_layers": 2,
-                  "channel_mode": "independent"},
-        "small": {"feature_dim": 32, "hidden_dim": 32, "num_blocks": 2, "mlp_ratio": 4, "mlp_layers": 1,
-                  "channel_mode": "joint"},
+        "paper": dataclasses.replace(DEFAULTS, feature_dim=128, hidden_dim=256, num_blocks=12, mlp_ratio=4,
+                                     mlp_layers=2, channel_mode="independent"),
+        "small": dataclasses.replace(DEFAULTS, feature_dim=32, hidden_dim=32, num_blocks=2, mlp_ratio=4,
+                                     mlp_layers=1, channel_mode="joint"),
     }
     DEFAULT_LOSS = "l1_complex_wave"
     DEFAULT_SEGMENT = 3.0
 
     def __init__(self, sources: Sequence[str], audio_channels: int = 2, sample_rate: int = 44100,
-                 **config: Any):
-        super().__init__(sources, audio_channels, sample_rate)
-        config = type(self).resolve_config(None, config)
+                 config: BSRNNConfig | None = None, *, segment: float | None = None):
+        super().__init__(sources, audio_channels, sample_rate, config, segment=segment)
+        config = self.config
         for key in ("feature_dim", "hidden_dim", "num_blocks", "mlp_ratio", "mlp_layers", "se_reduction"):
             if key in config and config[key] < 1:
                 raise BadInput(f"option {key} must be at least 1, got {config[key]}")
@@ -325,29 +327,31 @@ class BSRNN(SeparationModel):
                 raise BadInput(f"option {key} must be 0 (auto) or positive, got {config[key]}")
         if self.audio_channels < 1 or self.sample_rate < 1:
             raise BadInput("audio_channels and sample_rate must be positive")
-        if config["channel_mode"] not in ("independent", "joint"):
-            raise BadInput(f"option channel_mode must be 'independent' or 'joint', got {config['channel_mode']!r}")
-        self.independent_channels = config["channel_mode"] == "independent"
+        if config.channel_mode not in ("independent", "joint"):
+            raise BadInput(f"option channel_mode must be 'independent' or 'joint', got {config.channel_mode!r}")
+        self.independent_channels = config.channel_mode == "independent"
         band_channels = 1 if self.independent_channels else self.audio_channels
 
-        n_fft = config["n_fft"] or auto_n_fft(self.sample_rate)
-        hop_length = config["hop_length"] or n_fft // 4
+        n_fft = config.n_fft or model_n_fft(self.sample_rate)
+        hop_length = config.hop_length or n_fft // 4
         try:
             self.stft = STFT(n_fft, hop_length)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
-        self.band_scheme = resolve_band_scheme(config["band_scheme"], self.sources)
+        self.band_scheme = resolve_band_scheme(config.band_scheme, self.sources)
         self.band_widths = band_widths(self.band_scheme, self.sample_rate, n_fft)
 
-        feature_dim = config["feature_dim"]
+        feature_dim = config.feature_dim
         self.band_split = BandSplit(self.band_widths, band_channels, feature_dim)
-        self.blocks = nn.ModuleList(
-            BandSequenceBlock(feature_dim, config["hidden_dim"], config.get("se_reduction", 0))
-            for _ in range(config["num_blocks"]))
+        self.blocks = nn.ModuleList(self.make_block(config) for _ in range(config.num_blocks))
         self.mask_estimators = nn.ModuleList(
-            MaskEstimator(self.band_widths, band_channels, feature_dim, config["mlp_ratio"] * feature_dim,
-                          config["mlp_layers"])
+            MaskEstimator(self.band_widths, band_channels, feature_dim, config.mlp_ratio * feature_dim,
+                          config.mlp_layers)
             for _ in self.sources)
+
+    def make_block(self, config: BSRNNConfig) -> BandSequenceBlock:
+        """One band/sequence block ``(K, B, T, N)`` -> the same shape."""
+        return BandSequenceBlock(config.feature_dim, config.hidden_dim)
 
     @property
     def num_bands(self) -> int:
@@ -388,8 +392,12 @@ class BSRNNSE(BSRNN):
     ``se_reduction`` (r).
     """
 
-    DEFAULTS = {**BSRNN.DEFAULTS, "se_reduction": 8}
+    ARCH = "bsrnn_se"
+    DEFAULTS = BSRNNSEConfig()
     PRESETS = {
-        "paper": {**BSRNN.PRESETS["paper"], "se_reduction": 8},
-        "small": {**BSRNN.PRESETS["small"], "se_reduction": 8},
+        "paper": BSRNNSEConfig(**BSRNN.PRESETS["paper"], se_reduction=8),
+        "small": BSRNNSEConfig(**BSRNN.PRESETS["small"], se_reduction=8),
     }
+
+    def make_block(self, config: BSRNNSEConfig) -> BandSequenceBlock:
+        return BandSequenceBlock(config.feature_dim, config.hidden_dim, config.se_reduction)

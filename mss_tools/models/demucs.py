@@ -20,26 +20,43 @@ for any ``time``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, ClassVar, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from mss_tools.errors import BadInput
-from mss_tools.models.base import SeparationModel
+from mss_tools.models.base import ModelConfig, SeparationModel
 
-_BACKBONE_DEFAULTS: dict[str, Any] = {
-    "channels": 64,
-    "growth": 2.0,
-    "depth": 6,
-    "kernel_size": 8,
-    "stride": 4,
-    "context": 3,
-    "rescale": 0.1,
-    "normalize": True,
-}
+
+@dataclasses.dataclass(frozen=True)
+class DemucsConfig(ModelConfig):
+    """Options of the backbone both variants share."""
+
+    channels: int = 64
+    growth: float = 2.0
+    depth: int = 6
+    kernel_size: int = 8
+    stride: int = 4
+    context: int = 3
+    rescale: float = 0.1
+    normalize: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DemucsLSTMConfig(DemucsConfig):
+    lstm_layers: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DemucsAttentionConfig(DemucsConfig):
+    attn_layers: int = 2
+    attn_heads: int = 8
+    attn_ff: float = 4.0
+    attn_dropout: float = 0.0
 
 
 def rescale_weights(module: nn.Module, reference: float) -> None:
@@ -108,19 +125,18 @@ class DemucsBackbone(SeparationModel):
     bottleneck works on ``(batch, bottleneck_channels, steps)``.
     """
 
-    DEFAULTS: ClassVar[dict[str, Any]] = dict(_BACKBONE_DEFAULTS)
-    DEFAULT_LOSS: ClassVar[str] = "l1_wave"
-    DEFAULT_SEGMENT: ClassVar[float] = 6.0
+    DEFAULT_LOSS = "l1_wave"
+    DEFAULT_SEGMENT = 6.0
 
-    def __init__(self, sources: Sequence[str], audio_channels: int = 2, sample_rate: int = 44100, **config: Any):
-        super().__init__(sources, audio_channels, sample_rate)
-        config = self.resolve_config(None, config)
-        self.config = config
-        self.depth = config["depth"]
-        self.kernel_size = config["kernel_size"]
-        self.stride = config["stride"]
-        self.normalize = config["normalize"]
-        channels, growth, context = config["channels"], config["growth"], config["context"]
+    def __init__(self, sources: Sequence[str], audio_channels: int = 2, sample_rate: int = 44100,
+                 config: DemucsConfig | None = None, *, segment: float | None = None):
+        super().__init__(sources, audio_channels, sample_rate, config, segment=segment)
+        config = self.config
+        self.depth = config.depth
+        self.kernel_size = config.kernel_size
+        self.stride = config.stride
+        self.normalize = config.normalize
+        channels, growth, context = config.channels, config.growth, config.context
         if self.audio_channels < 1:
             raise BadInput("audio_channels must be at least 1")
         if channels < 1 or self.depth < 1 or growth <= 0:
@@ -155,10 +171,10 @@ class DemucsBackbone(SeparationModel):
                 raise BadInput(f"growth {growth} leaves no channels at encoder level {index + 1}")
         self.bottleneck_channels = in_channels
         self.bottleneck = self.make_bottleneck(in_channels, config)
-        if config["rescale"]:
-            rescale_weights(self, config["rescale"])
+        if config.rescale:
+            rescale_weights(self, config.rescale)
 
-    def make_bottleneck(self, channels: int, config: dict[str, Any]) -> nn.Module:
+    def make_bottleneck(self, channels: int, config: DemucsConfig) -> nn.Module:
         """The module mapping ``(batch, channels, steps)`` to the same shape at the deepest level."""
         raise NotImplementedError
 
@@ -202,21 +218,22 @@ class DemucsLSTM(DemucsBackbone):
     """Demucs v2 (arXiv:1911.13254) with its bidirectional-LSTM bottleneck.
 
     ``(batch, audio_channels, time)`` -> ``(batch, len(sources), audio_channels, time)``.
-    Options: see ``DEFAULTS``; ``lstm_layers`` = 0 leaves the bottleneck empty.
+    Options: see :class:`DemucsLSTMConfig`; ``lstm_layers`` = 0 leaves the bottleneck empty.
     """
 
-    DEFAULTS: ClassVar[dict[str, Any]] = {**_BACKBONE_DEFAULTS, "lstm_layers": 2}
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"channels": 64, "depth": 6, "lstm_layers": 2},
-        "small": {"channels": 16, "depth": 5, "lstm_layers": 2},
+    ARCH = "demucs_lstm"
+    DEFAULTS = DemucsLSTMConfig()
+    PRESETS = {
+        "paper": dataclasses.replace(DEFAULTS, channels=64, depth=6, lstm_layers=2),
+        "small": dataclasses.replace(DEFAULTS, channels=16, depth=5, lstm_layers=2),
     }
 
-    def make_bottleneck(self, channels: int, config: dict[str, Any]) -> nn.Module:
-        if config["lstm_layers"] < 0:
+    def make_bottleneck(self, channels: int, config: DemucsLSTMConfig) -> nn.Module:
+        if config.lstm_layers < 0:
             raise BadInput("lstm_layers must be >= 0")
-        if config["lstm_layers"] == 0:
+        if config.lstm_layers == 0:
             return nn.Identity()
-        return BLSTMBottleneck(channels, config["lstm_layers"])
+        return BLSTMBottleneck(channels, config.lstm_layers)
 
 
 class DemucsAttention(DemucsBackbone):
@@ -228,22 +245,17 @@ class DemucsAttention(DemucsBackbone):
     output sample a receptive field covering the whole input window.
     """
 
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        **_BACKBONE_DEFAULTS,
-        "attn_layers": 2,
-        "attn_heads": 8,
-        "attn_ff": 4.0,
-        "attn_dropout": 0.0,
-    }
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "paper": {"channels": 64, "depth": 6, "attn_layers": 2, "attn_heads": 8},
-        "small": {"channels": 16, "depth": 5, "attn_layers": 2, "attn_heads": 8},
+    ARCH = "demucs_attn"
+    DEFAULTS = DemucsAttentionConfig()
+    PRESETS = {
+        "paper": dataclasses.replace(DEFAULTS, channels=64, depth=6, attn_layers=2, attn_heads=8),
+        "small": dataclasses.replace(DEFAULTS, channels=16, depth=5, attn_layers=2, attn_heads=8),
     }
 
-    def make_bottleneck(self, channels: int, config: dict[str, Any]) -> nn.Module:
-        layers, heads = config["attn_layers"], config["attn_heads"]
-        if layers < 0 or heads < 1 or config["attn_ff"] <= 0 or not 0 <= config["attn_dropout"] < 1:
+    def make_bottleneck(self, channels: int, config: DemucsAttentionConfig) -> nn.Module:
+        layers, heads = config.attn_layers, config.attn_heads
+        if layers < 0 or heads < 1 or config.attn_ff <= 0 or not 0 <= config.attn_dropout < 1:
             raise BadInput("need attn_layers >= 0, attn_heads >= 1, attn_ff > 0 and 0 <= attn_dropout < 1")
         if channels % heads or channels % 2:
             raise BadInput(f"bottleneck channels ({channels}) must be even and divisible by attn_heads ({heads})")
-        return TransformerBottleneck(channels, layers, heads, config["attn_ff"], config["attn_dropout"])
+        return TransformerBottleneck(channels, layers, heads, config.attn_ff, config.attn_dropout)

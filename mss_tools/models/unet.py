@@ -9,17 +9,25 @@ soft mask per target and channel, applied to the mixture STFT (the mixture phase
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from mss_tools.dsp import STFT
-from mss_tools.models.base import SeparationModel
+from mss_tools.dsp import STFT, unet_n_fft
+from mss_tools.models.base import ModelConfig, SeparationModel
 
 
-def auto_n_fft(sample_rate: int, at_44k: int = 2048) -> int:
-    """``at_44k`` scaled to ``sample_rate``, as a power of two (keeps the window near 46 ms)."""
-    target = at_44k * sample_rate / 44100
-    return 1 << max(6, int(round(torch.log2(torch.tensor(target)).item())))
+@dataclasses.dataclass(frozen=True)
+class UNetConfig(ModelConfig):
+    n_fft: int = 0                     # 0: 2048 at 44.1 kHz, scaled to the sample rate
+    hop_length: int = 0                # 0: n_fft // 4
+    depth: int = 6
+    channels: int = 16                 # first encoder layer; doubles each layer
+    max_channels: int = 512
+    kernel_size: int = 5
+    dropout: float = 0.5
+    decoder_dropout_layers: int = 3
 
 
 class UNet(SeparationModel):
@@ -31,31 +39,25 @@ class UNet(SeparationModel):
     ``(batch, sources * audio_channels, freq, frames)``.
     """
 
-    DEFAULTS = {
-        "n_fft": 0,            # 0: 2048 at 44.1 kHz, scaled to the sample rate
-        "hop_length": 0,       # 0: n_fft // 4
-        "depth": 6,
-        "channels": 16,        # first encoder layer; doubles each layer
-        "max_channels": 512,
-        "kernel_size": 5,
-        "dropout": 0.5,
-        "decoder_dropout_layers": 3,
-    }
+    ARCH = "unet"
+    DEFAULTS = UNetConfig()
     PRESETS = {
-        "paper": {"depth": 6, "channels": 16},
-        "small": {"depth": 4, "channels": 12},
+        "paper": dataclasses.replace(DEFAULTS, depth=6, channels=16),
+        "small": dataclasses.replace(DEFAULTS, depth=4, channels=12),
     }
     DEFAULT_LOSS = "l1_magnitude"
     DEFAULT_SEGMENT = 6.0
 
-    def __init__(self, sources, audio_channels=2, sample_rate=44100, *, n_fft=0, hop_length=0, depth=6,
-                 channels=16, max_channels=512, kernel_size=5, dropout=0.5, decoder_dropout_layers=3):
-        super().__init__(sources, audio_channels, sample_rate)
-        n_fft = n_fft or auto_n_fft(sample_rate)
-        self.stft = STFT(n_fft, hop_length or n_fft // 4)
-        self.depth = depth
+    def __init__(self, sources, audio_channels=2, sample_rate=44100, config: UNetConfig | None = None, *,
+                 segment: float | None = None):
+        super().__init__(sources, audio_channels, sample_rate, config, segment=segment)
+        config = self.config
+        n_fft = config.n_fft or unet_n_fft(sample_rate)
+        self.stft = STFT(n_fft, config.hop_length or n_fft // 4)
+        self.depth = depth = config.depth
+        kernel_size = config.kernel_size
         pad = kernel_size // 2
-        widths = [min(channels * 2 ** i, max_channels) for i in range(depth)]
+        widths = [min(config.channels * 2 ** i, config.max_channels) for i in range(depth)]
         self.encoder = nn.ModuleList()
         in_ch = audio_channels
         for width in widths:
@@ -73,8 +75,8 @@ class UNet(SeparationModel):
             layers = [nn.ConvTranspose2d(in_ch, width, kernel_size, stride=2, padding=pad, output_padding=1)]
             if i > 0:
                 layers += [nn.BatchNorm2d(width), nn.ReLU()]
-                if depth - 1 - i < decoder_dropout_layers and dropout > 0:
-                    layers.append(nn.Dropout2d(dropout))
+                if depth - 1 - i < config.decoder_dropout_layers and config.dropout > 0:
+                    layers.append(nn.Dropout2d(config.dropout))
             self.decoder.append(nn.Sequential(*layers))
 
     def masks(self, magnitude: torch.Tensor) -> torch.Tensor:

@@ -11,12 +11,25 @@ the mixture phase for the inverse STFT.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from mss_tools.dsp import STFT
-from mss_tools.models.base import SeparationModel
-from mss_tools.models.unet import auto_n_fft
+from mss_tools.dsp import STFT, unet_n_fft
+from mss_tools.models.base import ModelConfig, SeparationModel
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetLiteConfig(ModelConfig):
+    n_fft: int = 0                     # 0: 2048 at 44.1 kHz, scaled to the sample rate
+    hop_length: int = 0                # 0: n_fft // 4
+    channels: int = 8                  # first encoder block; doubles each block
+    depth: int = 3
+    bottleneck_channels: int = 64
+    kernel_size: int = 3
+    bottleneck_dropout: float = 0.3
+    decoder_dropout: float = 0.2
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int) -> nn.Sequential:
@@ -32,45 +45,39 @@ class UNetLite(SeparationModel):
     Nyquist bin is left out of the network and set to zero.
     """
 
-    DEFAULTS = {
-        "n_fft": 0,              # 0: 2048 at 44.1 kHz, scaled to the sample rate
-        "hop_length": 0,         # 0: n_fft // 4
-        "channels": 8,           # first encoder block; doubles each block
-        "depth": 3,
-        "bottleneck_channels": 64,
-        "kernel_size": 3,
-        "bottleneck_dropout": 0.3,
-        "decoder_dropout": 0.2,
-    }
+    ARCH = "unet_lite"
+    DEFAULTS = UNetLiteConfig()
     PRESETS = {
-        "paper": {},
-        "lite": {},
-        "small": {},
+        "paper": DEFAULTS,
+        "lite": DEFAULTS,
+        "small": DEFAULTS,
     }
     DEFAULT_LOSS = "l1_magnitude"
     DEFAULT_SEGMENT = 6.0
 
-    def __init__(self, sources, audio_channels=2, sample_rate=44100, *, n_fft=0, hop_length=0, channels=8, depth=3,
-                 bottleneck_channels=64, kernel_size=3, bottleneck_dropout=0.3, decoder_dropout=0.2):
-        super().__init__(sources, audio_channels, sample_rate)
-        n_fft = n_fft or auto_n_fft(sample_rate)
-        self.stft = STFT(n_fft, hop_length or n_fft // 4)
-        self.depth = depth
-        widths = [channels * 2 ** i for i in range(depth)]
+    def __init__(self, sources, audio_channels=2, sample_rate=44100, config: UNetLiteConfig | None = None, *,
+                 segment: float | None = None):
+        super().__init__(sources, audio_channels, sample_rate, config, segment=segment)
+        config = self.config
+        n_fft = config.n_fft or unet_n_fft(sample_rate)
+        self.stft = STFT(n_fft, config.hop_length or n_fft // 4)
+        self.depth = config.depth
+        kernel_size = config.kernel_size
+        widths = [config.channels * 2 ** i for i in range(config.depth)]
         self.encoder = nn.ModuleList()
         in_ch = audio_channels
         for width in widths:
             self.encoder.append(_conv_bn_relu(in_ch, width, kernel_size))
             in_ch = width
         self.pool = nn.MaxPool2d(2)
-        self.bottleneck = nn.Sequential(_conv_bn_relu(in_ch, bottleneck_channels, kernel_size),
-                                        nn.Dropout2d(bottleneck_dropout))
+        self.bottleneck = nn.Sequential(_conv_bn_relu(in_ch, config.bottleneck_channels, kernel_size),
+                                        nn.Dropout2d(config.bottleneck_dropout))
         self.upsample = nn.ModuleList()
         self.merge = nn.ModuleList()
-        in_ch = bottleneck_channels
+        in_ch = config.bottleneck_channels
         for width in reversed(widths):
             self.upsample.append(nn.Sequential(nn.ConvTranspose2d(in_ch, width, 2, stride=2), nn.BatchNorm2d(width),
-                                               nn.ReLU(), nn.Dropout2d(decoder_dropout)))
+                                               nn.ReLU(), nn.Dropout2d(config.decoder_dropout)))
             self.merge.append(_conv_bn_relu(2 * width, width, kernel_size))
             in_ch = width
         self.head = nn.Conv2d(in_ch, len(self.sources) * audio_channels, 1)

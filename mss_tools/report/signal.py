@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mss_tools.dsp.fft_sizes import onset_n_fft
+
 FRAMES_PER_BLOCK = 2048  # STFT frames computed at once (bounds memory on long tracks)
 
 
@@ -51,18 +53,13 @@ def mel_rows(spectrogram: np.ndarray, sample_rate: int, rows: int = 160) -> np.n
     return ((1 - weight) * spectrogram[lower] + weight * spectrogram[lower + 1]).astype(np.float32)
 
 
-def fft_size(sample_rate: int, seconds: float = 0.046) -> int:
-    """The power of two closest to ``seconds`` of audio (about 2048 at 44.1 kHz)."""
-    return int(2 ** round(np.log2(max(16.0, seconds * sample_rate))))
-
-
 def onset_envelope(signal: np.ndarray, sample_rate: int) -> tuple[np.ndarray, float]:
     """Spectral flux ``(frames,)`` of log-compressed magnitudes and its frame rate (frames per second).
 
     Flux of frame ``i``: sum over frequencies of the positive increase of ``log(1 + 100 |X|)``
     from frame ``i - 1`` (0 for the first frame).
     """
-    n_fft = fft_size(sample_rate)
+    n_fft = onset_n_fft(sample_rate)
     hop_length = n_fft // 4
     flux, previous = [], None
     for block in magnitude_frames(signal, n_fft, hop_length):
