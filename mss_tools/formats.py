@@ -61,6 +61,8 @@ class StemScores(TypedDict, total=False):
     ``silent_reference``: the reference is silent (see
     :data:`mss_tools.metrics.SILENT_REFERENCE_DBFS`); the stem then has no metric and no frames.
     ``ill_conditioned``: isr/sir/sar of the stem's joint BSSEval run are numerically unreliable.
+    ``estimate_level_db``: the estimate's energy relative to the reference's (dB; not a metric: the
+    collapse check of :func:`mss_tools.metrics.collapse_reasons` reads it).
     """
 
     usdr: float | None
@@ -70,11 +72,14 @@ class StemScores(TypedDict, total=False):
     sir: float | None
     sar: float | None
     frames: dict[str, list[float | None]]
+    estimate_level_db: float | None
     ill_conditioned: bool
     silent_reference: bool
 
 
 STEM_FLAGS = ("ill_conditioned", "silent_reference")
+# Per-stem numbers that describe the estimate rather than score it: not metrics of the tables.
+STEM_MEASURES = ("estimate_level_db",)
 
 
 class AggregateValue(TypedDict, total=False):
@@ -120,6 +125,7 @@ class ScoresFile(_ScoresRequired, total=False):
     aggregate: dict[str, dict[str, AggregateValue]]
     ill_conditioned: list[str]
     silent_references: list[str]
+    collapsed: dict[str, list[str]]
     stamps: dict[str, str]
     model: ModelFacts
     sample_rate: int | None

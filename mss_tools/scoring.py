@@ -47,8 +47,8 @@ from mss_tools import __version__, audio, formats
 from mss_tools.cache import StemCache, is_stem_cache, remove_tree
 from mss_tools.datasets import discover, load_track
 from mss_tools.errors import BadInput, MssError
-from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, count_values, is_silent, nanmean,
-                               nanmedian,
+from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, collapse_reasons, count_values,
+                               estimate_level_db, is_silent, nanmean, nanmedian,
                                si_sdr, usdr)
 from mss_tools.metrics.bsseval import evaluate_track, framewise_sdr
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
@@ -170,7 +170,8 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
     silent = {s for s in estimates if is_silent(refs[s])}
     stems = [s for s in estimates if s not in silent]
     result: dict[str, Any] = {s: {"silent_reference": True} for s in silent}
-    result.update({s: {"usdr": usdr(refs[s], estimates[s]), "si_sdr": si_sdr(refs[s], estimates[s])} for s in stems})
+    result.update({s: {"usdr": usdr(refs[s], estimates[s]), "si_sdr": si_sdr(refs[s], estimates[s]),
+                       "estimate_level_db": estimate_level_db(refs[s], estimates[s])} for s in stems})
     frames: dict[str, dict[str, list[float]]] = {}
     if with_museval:
         runs = [[s for s in run if s not in silent] for run in evaluation_runs(list(estimates))]
@@ -359,6 +360,9 @@ def _score_folders(folders: list[Path], scorer: _TrackScorer, predictions: Path,
     document["aggregate"] = aggregate(document["tracks"])
     document["ill_conditioned"] = _flagged(document["tracks"], "ill_conditioned")
     document["silent_references"] = _flagged(document["tracks"], "silent_reference")
+    document["collapsed"] = collapsed(document["aggregate"])
+    for stem, reasons in document["collapsed"].items():
+        log.warning("%s looks collapsed: %s", stem, "; ".join(reasons))
     document["stamps"] = {name: stamps[name] for name in sorted(results)}
     if manifest is not None:
         document["model"] = {k: manifest.get(k) for k in ("checkpoint", "arch", "sources", "model_sample_rate")}
@@ -372,6 +376,20 @@ def _score_folders(folders: list[Path], scorer: _TrackScorer, predictions: Path,
         formats.write_scores(output, document)
         remove_tree(parts)
     return document
+
+
+def collapsed(aggregate: dict[str, dict[str, dict[str, float]]]) -> dict[str, list[str]]:
+    """``{stem: reasons}`` for the stems whose medians over tracks fail the collapse check."""
+    out = {}
+    for stem, metrics in aggregate.items():
+        def median(name: str) -> float:
+            value = metrics.get(name, {}).get("median")
+            return float("nan") if value is None else float(value)
+
+        reasons = collapse_reasons(median("estimate_level_db"), median("sdr"), median("si_sdr"))
+        if reasons:
+            out[stem] = reasons
+    return out
 
 
 def _flagged(tracks: dict[str, dict[str, Any]], flag: str) -> list[str]:

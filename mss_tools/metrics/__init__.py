@@ -23,6 +23,13 @@ CONDITION_LIMIT = 1e12
 # stems jointly without it and leaves it out of every aggregate. -80 dBFS is far below any
 # audible stem and above 16-bit dither (about -96 dBFS).
 SILENT_REFERENCE_DBFS = -80.0
+# The collapse check: a model that "separates" by outputting (near) silence scores about 0 dB
+# framewise sdr, above the mixture's -5 dB, so sdr alone cannot catch it. A (model, source) is
+# flagged when, over tracks, its median estimate level is this far below the reference's ...
+COLLAPSE_LEVEL_DB = -20.0
+# ... or its median si_sdr lies this far below its median sdr (a scaled-down or unrelated estimate:
+# sdr forgives a gain error through its distortion filter, si_sdr does not).
+COLLAPSE_SI_SDR_GAP_DB = 10.0
 
 
 def usdr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -39,6 +46,26 @@ def si_sdr(reference: np.ndarray, estimate: np.ndarray, eps: float = 1e-12) -> f
     alpha = np.dot(estimate, reference) / (np.dot(reference, reference) + eps)
     target = alpha * reference
     return float(10 * np.log10((np.sum(target ** 2) + eps) / (np.sum((estimate - target) ** 2) + eps)))
+
+
+def estimate_level_db(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """The estimate's energy relative to the reference's, in dB (0: as loud; an all-zero estimate
+    gives about -100 dB rather than -inf, so that it can be aggregated and flagged)."""
+    reference = np.asarray(reference, dtype=np.float64)
+    estimate = np.asarray(estimate, dtype=np.float64)
+    floor = 1e-10 * (np.sum(reference ** 2) + USDR_DELTA)
+    return float(10 * np.log10((np.sum(estimate ** 2) + floor) / (np.sum(reference ** 2) + USDR_DELTA)))
+
+
+def collapse_reasons(level_db: float, sdr: float, si_sdr: float) -> list[str]:
+    """Why a (model, source) with these medians over tracks looks collapsed; empty if it does not.
+    NaN medians (no value) never flag."""
+    reasons = []
+    if level_db < COLLAPSE_LEVEL_DB:
+        reasons.append(f"estimates {-level_db:.0f} dB below the references (near-silent)")
+    if sdr - si_sdr > COLLAPSE_SI_SDR_GAP_DB:
+        reasons.append(f"si_sdr {sdr - si_sdr:.1f} dB below sdr")
+    return reasons
 
 
 def rms_dbfs(signal: np.ndarray) -> float:

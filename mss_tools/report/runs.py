@@ -99,7 +99,7 @@ class Run:
     def metrics(self, stem: str) -> list[str]:
         """Metrics with a per-track value for ``stem``, in the report's order."""
         found = {m for stems in self.tracks.values() for m in stems.get(stem, {})
-                 if m != "frames" and m not in formats.STEM_FLAGS}
+                 if m != "frames" and m not in formats.STEM_FLAGS and m not in formats.STEM_MEASURES}
         return sorted(found, key=metric_sort_key)
 
     def track_values(self, stem: str, metric: str) -> dict[str, float]:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mss_tools.metrics import collapse_reasons
 from mss_tools.report.runs import ModelInfo, Run, metric_sort_key
 
 RESULTS_COLUMNS = ["source", "model", "metric", "median", "mean", "tracks"]
@@ -146,6 +147,23 @@ def silent_reference_note(runs: Sequence[Run], listed: int = 10) -> str | None:
             f"{'; '.join(named)}. The SDR of a silent reference measures only the estimate's energy; "
             "mss score gave these (track, source) pairs no values and evaluated the other sources of "
             "their tracks without them.")
+
+
+def collapse_note(runs: Sequence[Run]) -> str | None:
+    """A sentence naming every (model, source) whose medians over tracks fail the collapse check, or ``None``."""
+    flagged = []
+    for run in runs:
+        for stem in run.stems:
+            def median(metric: str) -> float:
+                return summarize(list(run.track_values(stem, metric).values()))[0]
+
+            reasons = collapse_reasons(median("estimate_level_db"), median("sdr"), median("si_sdr"))
+            if reasons:
+                flagged.append(f"{run.label}/{stem} ({'; '.join(reasons)})")
+    if not flagged:
+        return None
+    return (f"Collapse check: {', '.join(flagged)}. A near-silent estimate scores about 0 dB framewise sdr, "
+            f"above the mixture; these rows do not separate, whatever their sdr says.")
 
 
 def track_set_warning(runs: Sequence[Run]) -> str | None:
