@@ -261,6 +261,7 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=9, help="concurrent-writer trials")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="kill,concurrent,nospace,readonly")
+    parser.add_argument("--tools", default="prep,train,separate,score", help="the tools the kill trials kill")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
     rng = random.Random(args.seed)
@@ -270,7 +271,7 @@ def main() -> None:
         print("uninterrupted runs: " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
         rows, problems = [], []
         if "kill" in wanted:
-            for tool in ("prep", "train", "separate", "score"):
+            for tool in args.tools.split(","):
                 survived, tried, found = kill_trials(study, tool, args.kills, seconds[tool], rng)
                 rows.append((f"kill -9 {tool}", survived, tried))
                 problems += found
