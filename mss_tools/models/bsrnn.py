@@ -20,7 +20,8 @@ Pipeline (shapes for a mixture ``(B, C, L)``, ``F = n_fft // 2 + 1`` bins, ``T``
 3. ``num_blocks`` residual blocks, each a BLSTM across frames (per band) followed by a
    BLSTM across bands (per frame); each BLSTM is preceded by a one-group GroupNorm and
    followed by a Linear back to ``N`` and a residual connection. ``BSRNNSE`` adds a
-   Squeeze-and-Excitation layer after every block;
+   Squeeze-and-Excitation gate to every block (on the block's residual update by default,
+   see :class:`BandSequenceBlock`);
 4. per-band mask estimation: the norm of step 2 (over the ``N`` features and, by default,
    the frames) -> ``mlp_layers`` x (Linear to ``mlp_ratio * N`` -> Tanh) ->
    Linear(mlp_ratio * N, 2 * 2 * G_k * C') -> GLU gives the real and imaginary
@@ -52,9 +53,10 @@ on the whole chunk, not only on its BLSTM context. Chunked inference (``mss sepa
 overlap-add over ``segment``-long chunks) then normalises each chunk on its own; run it on
 chunks of the training segment length so that the statistics are those the model learnt on.
 
-Checkpoints written before ``norm`` existed store configs without it;
-:attr:`BSRNNConfig.LEGACY` names the value those models had (``"frame"``), which such a
-stored config gets, so old checkpoints load with their old behaviour and outputs.
+Checkpoints written before ``norm`` (and ``se_placement``) existed store configs without
+them; :attr:`BSRNNConfig.LEGACY` names the value those models had (``"frame"``,
+``"stream"``), which such a stored config gets, so old checkpoints load with their old
+behaviour and outputs.
 """
 
 from __future__ import annotations
@@ -134,6 +136,7 @@ def _uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
 
 
 NORMS = ("band_time", "frame")
+SE_PLACEMENTS = ("branch", "stream")
 
 
 def normalize_bands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm: str) -> torch.Tensor:
@@ -275,8 +278,12 @@ class ResidualRNN(nn.Module):
         self.rnn = nn.LSTM(feature_dim, hidden_dim, batch_first=batch_first, bidirectional=True)
         self.proj = nn.Linear(2 * hidden_dim, feature_dim)
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch alone, ``Linear(BLSTM(GroupNorm(x)))``, the shape of ``x``."""
+        return self.proj(self.rnn(self.norm(x))[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.proj(self.rnn(self.norm(x))[0])
+        return x + self.branch(x)
 
 
 class SqueezeExcitation(nn.Module):
@@ -294,16 +301,42 @@ class SqueezeExcitation(nn.Module):
 
 
 class BandSequenceBlock(nn.Module):
-    """BLSTM across frames (per band), then BLSTM across bands (per frame), optional SE; ``(K, B, T, N)``."""
+    """BLSTM across frames (per band), then BLSTM across bands (per frame), optional SE; ``(K, B, T, N)``.
 
-    def __init__(self, feature_dim: int, hidden_dim: int, se_reduction: int = 0):
+    Without SE: ``h = x + time(x)``, ``y = h + band(h)`` (``time``, ``band``: the residual
+    branches of the two :class:`ResidualRNN`). With SE (``se_reduction`` > 0), ``se_placement``:
+
+    - ``"branch"`` (default): the SE gates the block's residual update,
+      ``y = x + SE(time(x) + band(h))``; the squeeze is taken on that update. As in SE-ResNet
+      (Hu et al., CVPR 2018), where one SE recalibrates the output of a whole residual unit
+      (several convolutions) before the identity is added, the unit here is the block (the
+      pair of BLSTMs), so the identity path ``x -> y`` has gain 1 and a stack of blocks stays
+      a residual network. One gate per block, as in ``"stream"``, so both placements have the
+      same parameters and the same number of gates and differ only in where the gate acts.
+      Gating each BLSTM's branch separately would need two SE layers per block.
+    - ``"stream"`` (the placement before the option existed, kept for comparison and old
+      checkpoints): ``y = SE(h + band(h))`` rescales the whole residual stream, identity
+      included. The gates start near 0.5, so the identity path of 12 blocks starts near
+      0.5**12 ~ 2.4e-4: SE plus a decaying skip path rather than channel attention.
+    """
+
+    def __init__(self, feature_dim: int, hidden_dim: int, se_reduction: int = 0, se_placement: str = "branch"):
         super().__init__()
+        if se_placement not in SE_PLACEMENTS:
+            raise BadInput(f"option se_placement must be one of {', '.join(SE_PLACEMENTS)}, got {se_placement!r}")
         self.time_rnn = ResidualRNN(feature_dim, hidden_dim, batch_first=True)
         self.band_rnn = ResidualRNN(feature_dim, hidden_dim, batch_first=False)
         self.se = SqueezeExcitation(feature_dim, se_reduction) if se_reduction else None
+        self.se_placement = se_placement
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bands, batch, frames, dim = x.shape
+        if self.se is not None and self.se_placement == "branch":
+            time_update = self.time_rnn.branch(x.reshape(bands * batch, frames, dim))
+            h = x + time_update.reshape(bands, batch, frames, dim)
+            band_update = self.band_rnn.branch(h.reshape(bands, batch * frames, dim))
+            update = time_update.reshape(bands, batch, frames, dim) + band_update.reshape(bands, batch, frames, dim)
+            return x + self.se(update)
         x = self.time_rnn(x.reshape(bands * batch, frames, dim))
         x = self.band_rnn(x.reshape(bands, batch * frames, dim)).reshape(bands, batch, frames, dim)
         return self.se(x) if self.se is not None else x
@@ -350,9 +383,12 @@ class BSRNNConfig(ModelConfig):
 
 @dataclasses.dataclass(frozen=True)
 class BSRNNSEConfig(BSRNNConfig):
-    """Options of :class:`BSRNNSE`: :class:`BSRNNConfig`'s and ``se_reduction``."""
+    """Options of :class:`BSRNNSE`: :class:`BSRNNConfig`'s, ``se_reduction`` and ``se_placement``."""
+
+    LEGACY: ClassVar[Mapping[str, Any]] = MappingProxyType({**BSRNNConfig.LEGACY, "se_placement": "stream"})
 
     se_reduction: int = 8
+    se_placement: str = "branch"
 
 
 class BSRNN(SeparationModel):
@@ -370,7 +406,7 @@ class BSRNN(SeparationModel):
     :data:`BAND_SCHEMES`), ``norm`` (normalisation of the band split and of the mask
     estimators' input: ``band_time``, the authors' per-band GroupNorm over features and
     frames, or ``frame``, per frame; see :func:`normalize_bands`). ``BSRNNSE`` adds
-    ``se_reduction``.
+    ``se_reduction`` and ``se_placement``.
     """
 
     ARCH = "bsrnn"
@@ -455,12 +491,15 @@ class BSRNN(SeparationModel):
 
 
 class BSRNNSE(BSRNN):
-    """BSRNN with a Squeeze-and-Excitation layer after every band/sequence block.
+    """BSRNN with a Squeeze-and-Excitation gate in every band/sequence block.
 
-    The SE layer averages the ``(K, B, T, N)`` block output over bands and frames, maps the
-    ``N`` means through FC(N, N/r) -> ReLU -> FC(N/r, N) -> sigmoid and rescales the feature
-    dimension: ``num_blocks * (2 * N * N/r + N/r + N)`` extra parameters. Extra option:
-    ``se_reduction`` (r).
+    The SE layer averages a ``(K, B, T, N)`` tensor over bands and frames, maps the ``N``
+    means through FC(N, N/r) -> ReLU -> FC(N/r, N) -> sigmoid and rescales the feature
+    dimension: ``num_blocks * (2 * N * N/r + N/r + N)`` extra parameters. Extra options:
+    ``se_reduction`` (r) and ``se_placement``: ``branch`` (default) gates each block's
+    residual update before the identity is added, as SE-ResNet does; ``stream`` gates the
+    block's whole output, identity included (see :class:`BandSequenceBlock`). The placement
+    does not change the parameters.
     """
 
     ARCH = "bsrnn_se"
@@ -471,4 +510,4 @@ class BSRNNSE(BSRNN):
     }
 
     def make_block(self, config: BSRNNSEConfig) -> BandSequenceBlock:
-        return BandSequenceBlock(config.feature_dim, config.hidden_dim, config.se_reduction)
+        return BandSequenceBlock(config.feature_dim, config.hidden_dim, config.se_reduction, config.se_placement)
