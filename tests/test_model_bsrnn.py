@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 
 import pytest
 import torch
 
+from mss_tools.checkpoint import load_model, model_payload, save_checkpoint
 from mss_tools.dsp import model_n_fft
 from mss_tools.errors import BadInput
 from mss_tools.losses import get_loss
@@ -200,11 +203,16 @@ def test_bsrnn_state_dict_refused_by_bsrnn_se():
 
 @pytest.mark.parametrize("overrides", [
     {"no_such_option": 1}, {"se_reduction": 8}, {"band_scheme": "v9"}, {"feature_dim": 0}, {"n_fft": -1},
-    {"hop_length": 4096},
+    {"hop_length": 4096}, {"norm": "layer"}, {"se_placement": "branch"},
 ])
 def test_bad_options_raise_bad_input(overrides):
     with pytest.raises(BadInput):
         build_model("bsrnn", ["vocals"], 2, 16000, overrides={**TINY, **overrides})
+
+
+def test_bad_se_placement_raises_bad_input():
+    with pytest.raises(BadInput, match="se_placement"):
+        tiny("bsrnn_se", se_placement="inside")
 
 
 def test_unknown_option_in_a_config_raises_bad_input():
@@ -222,7 +230,9 @@ def test_wrong_input_shape_raises_bad_input():
 def test_class_settings():
     assert BSRNN.DEFAULT_LOSS == BSRNNSE.DEFAULT_LOSS == "l1_complex_wave"
     assert BSRNN.DEFAULT_SEGMENT == 3.0
-    assert set(BSRNNSE.DEFAULTS) == set(BSRNN.DEFAULTS) | {"se_reduction"}
+    assert set(BSRNNSE.DEFAULTS) == set(BSRNN.DEFAULTS) | {"se_reduction", "se_placement"}
+    assert (BSRNN.DEFAULTS.norm, BSRNNSE.DEFAULTS.norm, BSRNNSE.DEFAULTS.se_placement) == ("band_time", "band_time",
+                                                                                          "branch")
     for cls in (BSRNN, BSRNNSE):
         assert {"paper", "small"} <= set(cls.PRESETS)
 
@@ -234,3 +244,131 @@ def test_paper_preset_size(target, bands):
     assert (model.stft.n_fft, model.stft.hop_length) == (2048, 512)
     # Measured 27.3 M (bass), 28.0 M (vocals/v7), 28.9 M (drums).
     assert 25e6 < model.num_parameters < 45e6
+
+
+def se_identity_path_gain(placement: str) -> float:
+    """Gain of the skip path through the 12 blocks of the bsrnn_se paper preset at initialisation.
+
+    Every BLSTM branch's output projection is zeroed, so the blocks pass on only what the
+    identity path carries; the gain is ``|out| / |in|`` for random band features
+    ``(K=41, B=1, T=16, N=128)``. The SE layers keep their initial weights.
+    """
+    torch.manual_seed(0)
+    model = build_model("bsrnn_se", ["vocals"], 2, 44100, preset="paper", overrides={"se_placement": placement})
+    with torch.no_grad():
+        for block in model.blocks:
+            for rnn in (block.time_rnn, block.band_rnn):
+                rnn.proj.weight.zero_()
+                rnn.proj.bias.zero_()
+        features = torch.randn(model.num_bands, 1, 16, model.config.feature_dim)
+        out = features
+        for block in model.blocks:
+            out = block(out)
+    return (out.norm() / features.norm()).item()
+
+
+def test_se_on_the_residual_branch_keeps_the_identity_path():
+    """Q3: with the SE gate on each block's residual update (default) the skip path of the 12-block
+    paper preset has gain 1; gating the whole stream (the old placement) scales it by the product
+    of twelve ~0.5 gates. The placement changes no parameter."""
+    gains = {placement: se_identity_path_gain(placement) for placement in ("branch", "stream")}
+    print(f"SE identity-path gain at initialisation, 12-block paper preset: branch {gains['branch']:.6g}, "
+          f"stream {gains['stream']:.3g}")
+    assert gains["branch"] == pytest.approx(1.0, abs=1e-6)
+    assert gains["stream"] < 1e-2
+    assert math.log2(gains["stream"]) == pytest.approx(-12, abs=3)  # about 0.5 ** 12
+    with torch.device("meta"):
+        counts = {placement: build_model("bsrnn_se", ["vocals"], 2, 44100, preset="paper",
+                                         overrides={"se_placement": placement}).num_parameters
+                  for placement in ("branch", "stream")}
+    assert counts["branch"] == counts["stream"] == 36_417_160 + 12 * (2 * 128 * 16 + 16 + 128)
+
+
+def test_branch_se_gates_the_block_update_and_stream_se_the_block_output():
+    """Each placement computes what it says, from the same weights: ``x + SE(y - x)`` and ``SE(y)``,
+    ``y`` the block without SE."""
+    branch = tiny("bsrnn_se", feature_dim=16, se_reduction=2).blocks[0]
+    stream = tiny("bsrnn_se", feature_dim=16, se_reduction=2, se_placement="stream").blocks[0]
+    plain = tiny("bsrnn", feature_dim=16).blocks[0]
+    stream.load_state_dict(branch.state_dict())
+    plain.load_state_dict({k: v for k, v in branch.state_dict().items() if not k.startswith("se.")})
+    x = torch.randn(5, 2, 7, 16)
+    with torch.no_grad():
+        y = plain(x)
+        torch.testing.assert_close(branch(x), x + branch.se(y - x))
+        torch.testing.assert_close(stream(x), branch.se(y))
+
+
+def level_step(norm: str) -> tuple[BSRNN, torch.Tensor, torch.Tensor]:
+    """A model with ``norm`` (joint channels, band-split bias zeroed so that features are linear in the
+    normalised input), a noise spectrogram ``(1, 2, 513, 16)`` and the same one 26 dB louder from frame 8 on."""
+    model = tiny(channel_mode="joint", norm=norm)
+    with torch.no_grad():
+        for group in model.band_split.groups:
+            group.bias.zero_()
+    torch.manual_seed(1)
+    spec = torch.randn(1, 2, 513, 16, dtype=torch.complex64)
+    stepped = spec.clone()
+    stepped[..., 8:] *= 10 ** (26 / 20)
+    return model, spec, stepped
+
+
+def envelope_db(features: torch.Tensor) -> torch.Tensor:
+    """Per-frame level (dB) of band features ``(K, B, T, N)``: mean square over bands, batch and features."""
+    return 10 * torch.log10(features.pow(2).mean(dim=(0, 1, 3)))
+
+
+def test_band_time_norm_keeps_a_level_step_and_frame_norm_removes_it():
+    """A 26 dB step inside the chunk: with the authors' per-band normalisation over (features, time)
+    the features' envelope steps by about as much (more than 20 dB); with per-frame normalisation
+    the features do not change at all (up to float error)."""
+    model, spec, stepped = level_step("band_time")
+    with torch.no_grad():
+        plain, louder = envelope_db(model.band_split(spec)), envelope_db(model.band_split(stepped))
+    step = (louder[8:].mean() - louder[:8].mean()) - (plain[8:].mean() - plain[:8].mean())
+    assert 20 < step.item() < 27  # the quiet half gains a little from the chunk mean subtracted from it
+    model, spec, stepped = level_step("frame")
+    with torch.no_grad():
+        torch.testing.assert_close(model.band_split(stepped), model.band_split(spec), rtol=1e-4, atol=1e-4)
+
+
+def test_mask_estimator_norm_over_time_sees_the_level_of_other_frames():
+    """The masks of the first frames depend on the level of the later frames with ``band_time``
+    (statistics over the chunk) and not with ``frame``."""
+    for norm, depends in (("band_time", True), ("frame", False)):
+        model = tiny(norm=norm)
+        features = torch.randn(model.num_bands, 1, 6, TINY["feature_dim"])
+        louder = features.clone()
+        louder[:, :, 3:] *= 20
+        with torch.no_grad():
+            before, after = model.mask_estimators[0](features)[..., :3], model.mask_estimators[0](louder)[..., :3]
+        assert (not torch.allclose(before, after, atol=1e-5)) is depends, norm
+
+
+def test_norm_changes_no_parameter_count():
+    """GroupNorm(1, C) and LayerNorm(C) both have 2C affine parameters: the paper counts stay exact."""
+    with torch.device("meta"):
+        for norm in ("band_time", "frame"):
+            assert build_model("bsrnn", ["vocals"], 2, 44100, preset="paper",
+                               overrides={"norm": norm}).num_parameters == 36_417_160
+
+
+@pytest.mark.parametrize("arch, legacy", [("bsrnn", {"norm": "frame"}),
+                                          ("bsrnn_se", {"norm": "frame", "se_placement": "stream"})])
+def test_checkpoint_written_before_the_options_loads_with_the_old_behaviour(arch, legacy, tmp_path):
+    """A stored config without ``norm``/``se_placement`` (written before they existed) takes the values
+    the model had then; it gives the outputs of a model built with those values explicitly."""
+    old = tiny(arch, sources=["vocals", "drums"], **legacy).eval()
+    payload = model_payload(old)
+    for key in legacy:
+        del payload["config"][key]
+    save_checkpoint(tmp_path / "old.pt", payload)
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.config == old.config
+    mix = torch.randn(1, 2, 5000)
+    with torch.no_grad():
+        assert torch.equal(loaded(mix), old(mix))
+    # a partial set of options (a preset plus --arch-opt) keeps the new defaults
+    assert BSRNN.DEFAULTS.with_options({"feature_dim": 8}).norm == "band_time"
+    current = dataclasses.asdict(tiny(arch).config)
+    assert build_model(arch, ["vocals"], 2, 16000, config=current).config == tiny(arch).config

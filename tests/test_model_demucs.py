@@ -114,18 +114,52 @@ def test_option_defaults_and_presets():
     assert DemucsLSTM.DEFAULTS["lstm_layers"] == 2
 
 
-@pytest.mark.parametrize("arch,expected", [
+@pytest.mark.parametrize("arch,options,expected", [
     # Demucs v2, 4 sources, 64 channels, depth 6: 265.7 M parameters (about 1014 MiB in
     # float32); the same configuration of the `demucs` package's Demucs class has exactly
     # as many (checked in benchmarks/bench_demucs_peer.py).
-    ("demucs_lstm", 265_679_496),
-    ("demucs_attn", 190_171_784),
+    ("demucs_lstm", {}, 265_679_496),
+    ("demucs_attn", {}, 265_687_688),
+    ("demucs_attn", {"attn_ff": 4.0}, 190_171_784),  # the feed-forward width before it was sized to match
 ])
-def test_paper_preset_parameter_count(arch, expected):
+def test_paper_preset_parameter_count(arch, options, expected):
     with torch.device("meta"):  # no memory; rescaling (slow on meta tensors) changes no count
-        model = build_model(arch, FOUR, 2, 44100, preset="paper", overrides={"rescale": 0.0})
-    print(f"{arch} paper preset: {model.num_parameters:,} parameters")
+        model = build_model(arch, FOUR, 2, 44100, preset="paper", overrides={"rescale": 0.0, **options})
+    print(f"{arch} paper preset {options or ''}: {model.num_parameters:,} parameters")
     assert model.num_parameters == expected
+
+
+def parameter_count(arch: str, preset: str, sources=FOUR, **options) -> int:
+    with torch.device("meta"):  # no memory; rescaling (slow on meta tensors) changes no count
+        return build_model(arch, list(sources), 2, 44100, preset=preset,
+                           overrides={"rescale": 0.0, **options}).num_parameters
+
+
+@pytest.mark.parametrize("preset", sorted(set(DemucsLSTM.PRESETS) | set(DemucsAttention.PRESETS)))
+def test_attention_is_parameter_matched_to_lstm_at_every_preset(preset):
+    """Q2 is a controlled comparison: at every preset demucs_attn has demucs_lstm's parameter
+    count to within 2 % (4 stems and 1 stem; the backbones are identical, the bottlenecks both
+    42 d^2 weights)."""
+    assert preset in DemucsLSTM.PRESETS and preset in DemucsAttention.PRESETS
+    for sources in (FOUR, ["vocals"]):
+        lstm, attn = parameter_count("demucs_lstm", preset, sources), parameter_count("demucs_attn", preset, sources)
+        print(f"{preset} ({len(sources)} stems): demucs_lstm {lstm:,}, demucs_attn {attn:,}, ratio {attn / lstm:.5f}")
+        assert abs(attn - lstm) / lstm < 0.02
+
+
+def test_old_attention_checkpoint_keeps_its_size_and_output(tmp_path):
+    """A checkpoint of the former default (attn_ff 4.0, stored in its config) loads at that size and
+    gives the same output."""
+    from mss_tools.checkpoint import load_model, model_payload, save_checkpoint
+
+    old = tiny("demucs_attn", attn_ff=4.0).eval()
+    save_checkpoint(tmp_path / "old.pt", model_payload(old))
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.config.attn_ff == 4.0 and loaded.num_parameters == old.num_parameters
+    assert loaded.num_parameters < tiny("demucs_attn").num_parameters
+    mix = torch.randn(1, 2, 8001)
+    with torch.no_grad():
+        assert torch.equal(loaded(mix), old(mix))
 
 
 def test_attention_sees_the_whole_window():

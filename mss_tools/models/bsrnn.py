@@ -6,8 +6,13 @@ Pipeline (shapes for a mixture ``(B, C, L)``, ``F = n_fft // 2 + 1`` bins, ``T``
 ``K`` sub-bands of ``G_k`` bins, feature size ``N``):
 
 1. complex STFT ``(B, C, F, T)``;
-2. band split: for every band, the real and imaginary parts of its ``G_k`` bins go through
-   a LayerNorm and a Linear to ``N`` -> features ``(K, B', T, N)``. With
+2. band split: for every band, the real and imaginary parts of its ``G_k`` bins are
+   normalised and go through a Linear to ``N`` -> features ``(K, B', T, N)``. The
+   normalisation (option ``norm``) is, by default (``"band_time"``), the authors' released
+   code's GroupNorm(1, .): statistics of the band over its features *and all frames* of the
+   chunk, so the band's energy envelope (onsets, decays, level changes) reaches the BLSTMs;
+   ``"frame"`` normalises every frame on its own (LayerNorm over the band's features), which
+   removes the envelope (a 26 dB level step leaves the features unchanged). With
    ``channel_mode="independent"`` (the paper preset, as in the authors' released code) every
    channel is separated on its own by the same network (``B' = B * C``, ``2 * G_k`` values
    per frame); with ``"joint"`` the channels are features of the band (``B' = B``,
@@ -15,9 +20,11 @@ Pipeline (shapes for a mixture ``(B, C, L)``, ``F = n_fft // 2 + 1`` bins, ``T``
 3. ``num_blocks`` residual blocks, each a BLSTM across frames (per band) followed by a
    BLSTM across bands (per frame); each BLSTM is preceded by a one-group GroupNorm and
    followed by a Linear back to ``N`` and a residual connection. ``BSRNNSE`` adds a
-   Squeeze-and-Excitation layer after every block;
-4. per-band mask estimation: LayerNorm -> ``mlp_layers`` x (Linear to ``mlp_ratio * N`` ->
-   Tanh) -> Linear(mlp_ratio * N, 2 * 2 * G_k * C') -> GLU gives the real and imaginary
+   Squeeze-and-Excitation gate to every block (on the block's residual update by default,
+   see :class:`BandSequenceBlock`);
+4. per-band mask estimation: the norm of step 2 (over the ``N`` features and, by default,
+   the frames) -> ``mlp_layers`` x (Linear to ``mlp_ratio * N`` -> Tanh) ->
+   Linear(mlp_ratio * N, 2 * 2 * G_k * C') -> GLU gives the real and imaginary
    parts of a complex mask for every bin (and, if joint, channel) of the band;
 5. the masks of all bands are concatenated along frequency, multiplied (complex) with the
    mixture spectrogram and inverted with the iSTFT to ``(B, S, C, L)``.
@@ -35,17 +42,30 @@ one hidden layer and joint channels.
 
 Per-band layers are stored grouped by band width (bands of equal width share one batched
 weight tensor), so the hot path loops over the few distinct widths instead of the bands while
-the parameters are exactly those of one LayerNorm/Linear per band. Features are kept
+the parameters are exactly those of one norm/Linear per band. Features are kept
 band-major, ``(K, B, T, N)``, so that both BLSTMs read them without a transpose: the one
 across frames as ``(K * B, T, N)`` batch-first, the one across bands as ``(K, B * T, N)``
 sequence-first.
+
+Global context: with ``norm="band_time"`` (as with the SequenceNorm before every BLSTM) the
+statistics are taken over the whole chunk the model is given, so every output frame depends
+on the whole chunk, not only on its BLSTM context. Chunked inference (``mss separate``'s
+overlap-add over ``segment``-long chunks) then normalises each chunk on its own; run it on
+chunks of the training segment length so that the statistics are those the model learnt on.
+
+Checkpoints written before ``norm`` (and ``se_placement``) existed store configs without
+them; :attr:`BSRNNConfig.LEGACY` names the value those models had (``"frame"``,
+``"stream"``), which such a stored config gets, so old checkpoints load with their old
+behaviour and outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -115,6 +135,23 @@ def _uniform_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
     return nn.init.uniform_(tensor, -bound, bound)
 
 
+NORMS = ("band_time", "frame")
+SE_PLACEMENTS = ("branch", "stream")
+
+
+def normalize_bands(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-band normalisation of ``x`` ``(n, B, T, D)`` with per-band affine ``weight``, ``bias`` ``(n, D)``.
+
+    ``"band_time"``: mean and variance of each band and batch item over its ``T`` frames and
+    ``D`` features, i.e. GroupNorm(1, D) on ``(B, D, T)`` as in the authors' released code;
+    the band's level over time survives. ``"frame"``: over the ``D`` features of each frame
+    (LayerNorm(D)); every frame is brought to unit variance, so the envelope is lost. Both
+    have ``2 * D`` affine parameters per band. ``eps`` is LayerNorm's 1e-5 in both.
+    """
+    dims = 2 if norm == "band_time" else 1
+    return F.layer_norm(x, x.shape[-dims:]) * weight[:, None, None] + bias[:, None, None]
+
+
 def _group_bands(widths: Sequence[int]) -> list[tuple[int, list[int]]]:
     """Bands grouped by width: ``[(width, [band indices])]``, widths ascending."""
     groups: dict[int, list[int]] = {}
@@ -124,10 +161,12 @@ def _group_bands(widths: Sequence[int]) -> list[tuple[int, list[int]]]:
 
 
 class _SplitGroup(nn.Module):
-    """Band split of ``n`` bands of ``width`` bins: per band LayerNorm(2*width*C) + Linear(., N)."""
+    """Band split of ``n`` bands of ``width`` bins: per band a norm of its 2*width*C values
+    (:func:`normalize_bands`) + Linear(., N)."""
 
-    def __init__(self, band_starts: Sequence[int], width: int, channels: int, feature_dim: int):
+    def __init__(self, band_starts: Sequence[int], width: int, channels: int, feature_dim: int, norm: str):
         super().__init__()
+        self.norm = norm
         n, dim = len(band_starts), 2 * width * channels
         bins = torch.tensor(band_starts)[:, None] + torch.arange(width)
         self.register_buffer("bins", bins, persistent=False)
@@ -141,20 +180,20 @@ class _SplitGroup(nn.Module):
         batch, _, _, frames, _ = spec.shape
         n = self.bins.shape[0]
         x = spec[:, :, self.bins]                                    # (B, C, n, width, T, 2)
-        x = x.permute(2, 0, 4, 3, 1, 5).reshape(n, batch * frames, -1)
-        x = F.layer_norm(x, x.shape[-1:]) * self.norm_weight[:, None] + self.norm_bias[:, None]
+        x = x.permute(2, 0, 4, 3, 1, 5).reshape(n, batch, frames, -1)
+        x = normalize_bands(x, self.norm_weight, self.norm_bias, self.norm).reshape(n, batch * frames, -1)
         return torch.baddbmm(self.bias[:, None], x, self.weight).reshape(n, batch, frames, -1)
 
 
 class BandSplit(nn.Module):
-    """Complex spectrogram ``(B, C, F, T)`` -> band features ``(K, B, T, N)``."""
+    """Complex spectrogram ``(B, C, F, T)`` -> band features ``(K, B, T, N)``; ``norm``: see :func:`normalize_bands`."""
 
-    def __init__(self, widths: Sequence[int], channels: int, feature_dim: int):
+    def __init__(self, widths: Sequence[int], channels: int, feature_dim: int, norm: str = "band_time"):
         super().__init__()
         starts = [sum(widths[:i]) for i in range(len(widths))]
         grouped = _group_bands(widths)
         self.groups = nn.ModuleList(
-            _SplitGroup([starts[b] for b in bands], width, channels, feature_dim) for width, bands in grouped)
+            _SplitGroup([starts[b] for b in bands], width, channels, feature_dim, norm) for width, bands in grouped)
         concat_order = [b for _, bands in grouped for b in bands]
         self.register_buffer("order", torch.tensor(concat_order).argsort(), persistent=False)
 
@@ -165,12 +204,13 @@ class BandSplit(nn.Module):
 
 
 class _MaskGroup(nn.Module):
-    """Mask MLP of ``n`` bands of ``width`` bins: LayerNorm(N), ``layers`` x (Linear(., H), Tanh),
-    Linear(H, 2D), GLU."""
+    """Mask MLP of ``n`` bands of ``width`` bins: norm of the N features (:func:`normalize_bands`),
+    ``layers`` x (Linear(., H), Tanh), Linear(H, 2D), GLU."""
 
     def __init__(self, bands: Sequence[int], width: int, channels: int, feature_dim: int, mlp_dim: int,
-                 layers: int):
+                 layers: int, norm: str):
         super().__init__()
+        self.norm = norm
         n, dim = len(bands), 2 * width * channels
         self.width, self.channels = width, channels
         self.register_buffer("bands", torch.tensor(bands), persistent=False)
@@ -188,8 +228,8 @@ class _MaskGroup(nn.Module):
         """``(K, B, T, N)`` -> mask ``(B, C, n * width, T, 2)`` (real, imaginary) for this group's bins."""
         _, batch, frames, dim = features.shape
         n = self.bands.shape[0]
-        x = features.index_select(0, self.bands).reshape(n, batch * frames, dim)
-        x = F.layer_norm(x, (dim,)) * self.norm_weight[:, None] + self.norm_bias[:, None]
+        x = features.index_select(0, self.bands)
+        x = normalize_bands(x, self.norm_weight, self.norm_bias, self.norm).reshape(n, batch * frames, dim)
         for weight, bias in zip(self.hidden_weights, self.hidden_biases):
             x = torch.tanh(torch.baddbmm(bias[:, None], x, weight))
         x = F.glu(torch.baddbmm(self.out_bias[:, None], x, self.out_weight), dim=-1)
@@ -198,14 +238,15 @@ class _MaskGroup(nn.Module):
 
 
 class MaskEstimator(nn.Module):
-    """Band features ``(K, B, T, N)`` -> complex mask ``(B, C, F, T)`` for one source."""
+    """Band features ``(K, B, T, N)`` -> complex mask ``(B, C, F, T)`` for one source; ``norm``: see :func:`normalize_bands`."""
 
-    def __init__(self, widths: Sequence[int], channels: int, feature_dim: int, mlp_dim: int, layers: int = 1):
+    def __init__(self, widths: Sequence[int], channels: int, feature_dim: int, mlp_dim: int, layers: int = 1,
+                 norm: str = "band_time"):
         super().__init__()
         starts = [sum(widths[:i]) for i in range(len(widths))]
         grouped = _group_bands(widths)
         self.groups = nn.ModuleList(
-            _MaskGroup(bands, width, channels, feature_dim, mlp_dim, layers) for width, bands in grouped)
+            _MaskGroup(bands, width, channels, feature_dim, mlp_dim, layers, norm) for width, bands in grouped)
         concat_bins = [starts[b] + j for width, bands in grouped for b in bands for j in range(width)]
         self.register_buffer("order", torch.tensor(concat_bins).argsort(), persistent=False)
 
@@ -237,8 +278,12 @@ class ResidualRNN(nn.Module):
         self.rnn = nn.LSTM(feature_dim, hidden_dim, batch_first=batch_first, bidirectional=True)
         self.proj = nn.Linear(2 * hidden_dim, feature_dim)
 
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch alone, ``Linear(BLSTM(GroupNorm(x)))``, the shape of ``x``."""
+        return self.proj(self.rnn(self.norm(x))[0])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.proj(self.rnn(self.norm(x))[0])
+        return x + self.branch(x)
 
 
 class SqueezeExcitation(nn.Module):
@@ -256,16 +301,42 @@ class SqueezeExcitation(nn.Module):
 
 
 class BandSequenceBlock(nn.Module):
-    """BLSTM across frames (per band), then BLSTM across bands (per frame), optional SE; ``(K, B, T, N)``."""
+    """BLSTM across frames (per band), then BLSTM across bands (per frame), optional SE; ``(K, B, T, N)``.
 
-    def __init__(self, feature_dim: int, hidden_dim: int, se_reduction: int = 0):
+    Without SE: ``h = x + time(x)``, ``y = h + band(h)`` (``time``, ``band``: the residual
+    branches of the two :class:`ResidualRNN`). With SE (``se_reduction`` > 0), ``se_placement``:
+
+    - ``"branch"`` (default): the SE gates the block's residual update,
+      ``y = x + SE(time(x) + band(h))``; the squeeze is taken on that update. As in SE-ResNet
+      (Hu et al., CVPR 2018), where one SE recalibrates the output of a whole residual unit
+      (several convolutions) before the identity is added, the unit here is the block (the
+      pair of BLSTMs), so the identity path ``x -> y`` has gain 1 and a stack of blocks stays
+      a residual network. One gate per block, as in ``"stream"``, so both placements have the
+      same parameters and the same number of gates and differ only in where the gate acts.
+      Gating each BLSTM's branch separately would need two SE layers per block.
+    - ``"stream"`` (the placement before the option existed, kept for comparison and old
+      checkpoints): ``y = SE(h + band(h))`` rescales the whole residual stream, identity
+      included. The gates start near 0.5, so the identity path of 12 blocks starts near
+      0.5**12 ~ 2.4e-4: SE plus a decaying skip path rather than channel attention.
+    """
+
+    def __init__(self, feature_dim: int, hidden_dim: int, se_reduction: int = 0, se_placement: str = "branch"):
         super().__init__()
+        if se_placement not in SE_PLACEMENTS:
+            raise BadInput(f"option se_placement must be one of {', '.join(SE_PLACEMENTS)}, got {se_placement!r}")
         self.time_rnn = ResidualRNN(feature_dim, hidden_dim, batch_first=True)
         self.band_rnn = ResidualRNN(feature_dim, hidden_dim, batch_first=False)
         self.se = SqueezeExcitation(feature_dim, se_reduction) if se_reduction else None
+        self.se_placement = se_placement
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bands, batch, frames, dim = x.shape
+        if self.se is not None and self.se_placement == "branch":
+            time_update = self.time_rnn.branch(x.reshape(bands * batch, frames, dim))
+            h = x + time_update.reshape(bands, batch, frames, dim)
+            band_update = self.band_rnn.branch(h.reshape(bands, batch * frames, dim))
+            update = time_update.reshape(bands, batch, frames, dim) + band_update.reshape(bands, batch, frames, dim)
+            return x + self.se(update)
         x = self.time_rnn(x.reshape(bands * batch, frames, dim))
         x = self.band_rnn(x.reshape(bands, batch * frames, dim)).reshape(bands, batch, frames, dim)
         return self.se(x) if self.se is not None else x
@@ -273,6 +344,18 @@ class BandSequenceBlock(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class BSRNNConfig(ModelConfig):
+    """Options of :class:`BSRNN` (described there).
+
+    ``LEGACY``: options added after checkpoints of this architecture were first written, each
+    with the value that reproduces the models written before it. A *complete* stored config
+    (one naming every option not in ``LEGACY``, as a checkpoint's or an experiment's
+    ``arch_config`` does) that lacks such an option was written before the option existed,
+    so :meth:`with_options` gives it the ``LEGACY`` value; a partial set of options (a preset
+    and ``--arch-opt``) keeps the current default.
+    """
+
+    LEGACY: ClassVar[Mapping[str, Any]] = MappingProxyType({"norm": "frame"})
+
     feature_dim: int = 128
     hidden_dim: int = 256
     num_blocks: int = 12
@@ -282,11 +365,30 @@ class BSRNNConfig(ModelConfig):
     n_fft: int = 0
     hop_length: int = 0
     band_scheme: str = "auto"
+    norm: str = "band_time"
+
+    def with_options(self, options: Mapping[str, Any]) -> BSRNNConfig:
+        """:meth:`ModelConfig.with_options`, with the ``LEGACY`` value of every option a complete
+        config written before it lacks."""
+        return super().with_options({**self.legacy_values(options), **options})
+
+    @classmethod
+    def legacy_values(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The ``LEGACY`` options ``options`` lacks when it names every other option, else none."""
+        others = {field.name for field in dataclasses.fields(cls)} - set(cls.LEGACY)
+        if not others <= set(options):
+            return {}
+        return {key: value for key, value in cls.LEGACY.items() if key not in options}
 
 
 @dataclasses.dataclass(frozen=True)
 class BSRNNSEConfig(BSRNNConfig):
+    """Options of :class:`BSRNNSE`: :class:`BSRNNConfig`'s, ``se_reduction`` and ``se_placement``."""
+
+    LEGACY: ClassVar[Mapping[str, Any]] = MappingProxyType({**BSRNNConfig.LEGACY, "se_placement": "stream"})
+
     se_reduction: int = 8
+    se_placement: str = "branch"
 
 
 class BSRNN(SeparationModel):
@@ -301,7 +403,10 @@ class BSRNN(SeparationModel):
     (``independent``: each channel separated on its own; ``joint``: channels are features of
     a band), ``n_fft`` / ``hop_length`` (0 = auto: a ~46 ms power-of-two window,
     hop n_fft/4), ``band_scheme`` (``auto``, ``v7``, ``bass`` or ``drums``; see
-    :data:`BAND_SCHEMES`). ``BSRNNSE`` adds ``se_reduction``.
+    :data:`BAND_SCHEMES`), ``norm`` (normalisation of the band split and of the mask
+    estimators' input: ``band_time``, the authors' per-band GroupNorm over features and
+    frames, or ``frame``, per frame; see :func:`normalize_bands`). ``BSRNNSE`` adds
+    ``se_reduction`` and ``se_placement``.
     """
 
     ARCH = "bsrnn"
@@ -329,6 +434,8 @@ class BSRNN(SeparationModel):
             raise BadInput("audio_channels and sample_rate must be positive")
         if config.channel_mode not in ("independent", "joint"):
             raise BadInput(f"option channel_mode must be 'independent' or 'joint', got {config.channel_mode!r}")
+        if config.norm not in NORMS:
+            raise BadInput(f"option norm must be one of {', '.join(NORMS)}, got {config.norm!r}")
         self.independent_channels = config.channel_mode == "independent"
         band_channels = 1 if self.independent_channels else self.audio_channels
 
@@ -342,11 +449,11 @@ class BSRNN(SeparationModel):
         self.band_widths = band_widths(self.band_scheme, self.sample_rate, n_fft)
 
         feature_dim = config.feature_dim
-        self.band_split = BandSplit(self.band_widths, band_channels, feature_dim)
+        self.band_split = BandSplit(self.band_widths, band_channels, feature_dim, config.norm)
         self.blocks = nn.ModuleList(self.make_block(config) for _ in range(config.num_blocks))
         self.mask_estimators = nn.ModuleList(
             MaskEstimator(self.band_widths, band_channels, feature_dim, config.mlp_ratio * feature_dim,
-                          config.mlp_layers)
+                          config.mlp_layers, config.norm)
             for _ in self.sources)
 
     def make_block(self, config: BSRNNConfig) -> BandSequenceBlock:
@@ -384,12 +491,15 @@ class BSRNN(SeparationModel):
 
 
 class BSRNNSE(BSRNN):
-    """BSRNN with a Squeeze-and-Excitation layer after every band/sequence block.
+    """BSRNN with a Squeeze-and-Excitation gate in every band/sequence block.
 
-    The SE layer averages the ``(K, B, T, N)`` block output over bands and frames, maps the
-    ``N`` means through FC(N, N/r) -> ReLU -> FC(N/r, N) -> sigmoid and rescales the feature
-    dimension: ``num_blocks * (2 * N * N/r + N/r + N)`` extra parameters. Extra option:
-    ``se_reduction`` (r).
+    The SE layer averages a ``(K, B, T, N)`` tensor over bands and frames, maps the ``N``
+    means through FC(N, N/r) -> ReLU -> FC(N/r, N) -> sigmoid and rescales the feature
+    dimension: ``num_blocks * (2 * N * N/r + N/r + N)`` extra parameters. Extra options:
+    ``se_reduction`` (r) and ``se_placement``: ``branch`` (default) gates each block's
+    residual update before the identity is added, as SE-ResNet does; ``stream`` gates the
+    block's whole output, identity included (see :class:`BandSequenceBlock`). The placement
+    does not change the parameters.
     """
 
     ARCH = "bsrnn_se"
@@ -400,4 +510,4 @@ class BSRNNSE(BSRNN):
     }
 
     def make_block(self, config: BSRNNSEConfig) -> BandSequenceBlock:
-        return BandSequenceBlock(config.feature_dim, config.hidden_dim, config.se_reduction)
+        return BandSequenceBlock(config.feature_dim, config.hidden_dim, config.se_reduction, config.se_placement)
