@@ -42,7 +42,13 @@ class ModelConfig(Mapping):
     their types (the type hints) and their defaults.
 
     It reads like a mapping too (``config["depth"]``, ``dict(config)``, ``set(config)``).
+
+    ``LEGACY``: options added after checkpoints of the architecture were first written, each with
+    the value that reproduces the models written before it; a stored config (a checkpoint's or an
+    experiment's, see :meth:`from_stored`) that lacks one gets that value, not today's default.
     """
+
+    LEGACY: ClassVar[Mapping[str, Any]] = types.MappingProxyType({})
 
     @classmethod
     def option_types(cls) -> dict[str, Any]:
@@ -60,6 +66,10 @@ class ModelConfig(Mapping):
                 raise BadInput(f"unknown option {key!r}; known options: {', '.join(sorted(kinds))}")
             converted[key] = convert_option(key, value, kinds[key])
         return dataclasses.replace(self, **converted)
+
+    def from_stored(self, stored: Mapping[str, Any]) -> ModelConfig:
+        """The config a stored one describes (options it lacks: their ``LEGACY`` value, else the default)."""
+        return self.with_options({**self.LEGACY, **stored})
 
     def __getitem__(self, key: str) -> Any:
         if key not in set(self):

@@ -346,12 +346,7 @@ class BandSequenceBlock(nn.Module):
 class BSRNNConfig(ModelConfig):
     """Options of :class:`BSRNN` (described there).
 
-    ``LEGACY``: options added after checkpoints of this architecture were first written, each
-    with the value that reproduces the models written before it. A *complete* stored config
-    (one naming every option not in ``LEGACY``, as a checkpoint's or an experiment's
-    ``arch_config`` does) that lacks such an option was written before the option existed,
-    so :meth:`with_options` gives it the ``LEGACY`` value; a partial set of options (a preset
-    and ``--arch-opt``) keeps the current default.
+    ``LEGACY``: the per-frame norm of the models written before ``norm`` existed.
     """
 
     LEGACY: ClassVar[Mapping[str, Any]] = MappingProxyType({"norm": "frame"})
@@ -366,19 +361,6 @@ class BSRNNConfig(ModelConfig):
     hop_length: int = 0
     band_scheme: str = "auto"
     norm: str = "band_time"
-
-    def with_options(self, options: Mapping[str, Any]) -> BSRNNConfig:
-        """:meth:`ModelConfig.with_options`, with the ``LEGACY`` value of every option a complete
-        config written before it lacks."""
-        return super().with_options({**self.legacy_values(options), **options})
-
-    @classmethod
-    def legacy_values(cls, options: Mapping[str, Any]) -> dict[str, Any]:
-        """The ``LEGACY`` options ``options`` lacks when it names every other option, else none."""
-        others = {field.name for field in dataclasses.fields(cls)} - set(cls.LEGACY)
-        if not others <= set(options):
-            return {}
-        return {key: value for key, value in cls.LEGACY.items() if key not in options}
 
 
 @dataclasses.dataclass(frozen=True)
