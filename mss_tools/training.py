@@ -22,7 +22,6 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,58 +32,19 @@ from torch.utils.data import DataLoader, Dataset
 from mss_tools import checkpoint as ckpt
 from mss_tools.apply import separate_tensor
 from mss_tools.cache import StemCache
+from mss_tools.devices import resolve_device
 from mss_tools.errors import BadInput, MssError
 from mss_tools.losses import get_loss
 from mss_tools.metrics import usdr
-from mss_tools.mixing import Augmentation, ExampleSampler, MixPlan, MixSpec, render_example
+from mss_tools.mixing import ExampleSampler, MixPlan, MixSpec, render_example
 from mss_tools.models import build_model, model_class
 from mss_tools.outputs import OutputLock, is_temp_name, sweep_temps, write_text
 from mss_tools.progress import log, progress_bar
+from mss_tools.train_config import TrainConfig
 
 # Settings that may change when a run is resumed (arch_options/preset are compared resolved, as arch_config).
 RESUMABLE_CHANGES = ("device", "workers", "epochs", "cache", "arch_options", "preset", "init", "patience",
                      "checkpoint_every", "max_bad_steps", "activation_checkpointing")
-
-
-@dataclass
-class TrainConfig:
-    arch: str = "unet"
-    preset: str | None = None
-    arch_options: dict[str, Any] = field(default_factory=dict)
-    targets: list[str] | None = None
-    loss: str | None = None
-    segment: float | None = None
-    # data: a mix plan, or on-the-fly remixes drawn like `mss remix`
-    plan: str | None = None
-    active_sources: int | None = None
-    stage: int = 3
-    aligned_prob: float = 0.0
-    silent_keep: float = 0.1
-    augment: Augmentation = field(default_factory=Augmentation)
-    # optimisation
-    batch_size: int = 8
-    accum_steps: int = 1
-    epochs: int = 10
-    steps_per_epoch: int = 100
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    grad_clip: float = 5.0
-    schedule: str = "none"          # none | plateau | cosine
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    plateau_patience: int = 3
-    patience: int = 0               # early stopping: epochs without improvement (0: off)
-    amp: str = "off"                # off | bf16 | fp16 (CUDA only)
-    ema: float = 0.0                # EMA decay (0: off)
-    activation_checkpointing: bool = False  # recompute block activations in backward (memory for compute)
-    init: str | None = None         # warm start from a checkpoint
-    # bookkeeping
-    workers: int = 0
-    seed: int = 42
-    valid_seconds: float | None = None
-    checkpoint_every: int = 0       # also save last.pt every N optimizer steps (0: only at epoch ends)
-    max_bad_steps: int = 10         # stop after this many consecutive non-finite losses
-    device: str = "auto"
 
 
 class TrainExamples(Dataset):
@@ -171,14 +131,6 @@ class Distributed:
             torch.distributed.destroy_process_group()
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BadInput(f"device {name!r} requested but CUDA is not available")
-    return torch.device(name)
-
-
 def validate(model, cache: StemCache, targets: list[str], segment: float, device, max_seconds=None,
              dist: Distributed | None = None) -> dict:
     """Separate the ``valid`` tracks (split across ranks); ``{target: {"usdr": mean, "sdr": median}}``.
@@ -234,6 +186,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         np.random.set_state(("MT19937", np.array(keys, dtype=np.uint32), position, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolved_config(config: TrainConfig) -> dict[str, Any]:
+    """The options as a run uses them, as far as they are known without the cache (``mss train
+    --print-config``): every field, the architecture's config (``arch_config``: its defaults with
+    ``--preset`` and ``--arch-opt`` applied) and the loss and segment the architecture chooses."""
+    cls = model_class(config.arch)
+    arch_config = cls.resolve_config(config.preset, config.arch_options)
+    return dataclasses.asdict(config) | {"arch_config": arch_config, "loss": config.loss or cls.DEFAULT_LOSS,
+                                         "segment": config.segment or cls.DEFAULT_SEGMENT}
 
 
 def _lr_factor(config: TrainConfig, step: int, total: int) -> float:
