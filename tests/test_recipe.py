@@ -1,6 +1,7 @@
 """The Kaldi-style recipes end to end on a tiny demo corpus: run, rerun (everything skipped), run from a stage."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ TINY = ["--preset", "tiny", "--demo-tracks", "6", "--demo-duration", "3", "--job
 
 def run_recipe(script, *args, cwd):
     return subprocess.run(["bash", str(REPO / "recipes" / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                          text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                                          **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
 
 
 def test_run_all_then_rerun_then_stage(tmp_path):
