@@ -640,6 +640,7 @@ def _check_experiment_folder(output: Path) -> None:
 
 
 def _train(cache_path, output: Path, config: TrainConfig, restart, argv, dist: Distributed) -> Path:
+    """Resolve the run, continue its last.pt (unless ``restart``) or start it, and train to the end."""
     run = _resolve(cache_path, config, dist.world)
     checkpoint = None if restart else _previous_run(output, run)
     if checkpoint is not None and _finished(checkpoint["training"], run.total_steps):
