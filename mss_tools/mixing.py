@@ -13,18 +13,21 @@ stage 3 = the full mixture. Inactive slots are silent in the mixture and in the 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from mss_tools import __version__, audio
-from mss_tools.cache import (CHUNK_FRAMES, PLAN_FIELDS, PLAN_FORMAT, RMS_HOP, SILENCE_DB, STEM_FORMAT,
-                             STEM_FORMAT_VERSION, StemCache, assemble_cache, read_plan, read_root_attrs, remove_tree,
-                             write_plan, write_track_part)
+from mss_tools.cache import (CHUNK_FRAMES, PLAN_FIELDS, PLAN_FORMAT, PLAN_FORMAT_VERSION, RMS_HOP, SILENCE_DB,
+                             STEM_FORMAT, STEM_FORMAT_VERSION, StemCache, assemble_cache, read_plan, read_root_attrs,
+                             remove_tree, write_plan, write_track_part)
 from mss_tools.errors import BadInput
+from mss_tools.options import NON_NEGATIVE_FLOAT, PROBABILITY, FiniteFloatRange, IntegerRange, option
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps
+from mss_tools.progress import log
 
 STAGE_SOURCES = {1: 2, 2: 3, 3: None}
 MAX_REDRAWS = 20
@@ -34,15 +37,22 @@ MAX_REDRAWS = 20
 class Augmentation:
     """Per-source augmentation probabilities and ranges (see data/README.md)."""
 
-    gain_db: float = 6.0          # uniform in [-gain_db, +gain_db]
-    gain_prob: float = 1.0
-    swap_prob: float = 0.5        # left/right channel swap
-    flip_prob: float = 0.5        # polarity inversion
-    shift: float = 0.0            # seconds: per-source time shift within the track (aligned examples)
-    pitch_prob: float = 0.0       # pitch shift (phase vocoder + resampling; slow, off by default)
-    pitch_semitones: float = 2.0  # uniform in [-pitch_semitones, +pitch_semitones]
-    stretch_prob: float = 0.0     # time stretch (phase vocoder; slow, off by default)
-    stretch_range: float = 0.1    # rate uniform in [1 - range, 1 + range]
+    gain_db: float = option(6.0, type=NON_NEGATIVE_FLOAT,  # uniform in [-gain_db, +gain_db]
+                            help="Random gain range per source (± dB).")
+    gain_prob: float = option(1.0, type=PROBABILITY, help="Probability of the random gain.")
+    swap_prob: float = option(0.5, type=PROBABILITY, help="Left/right swap probability per source.")
+    flip_prob: float = option(0.5, type=PROBABILITY, help="Polarity inversion probability per source.")
+    shift: float = option(0.0, type=NON_NEGATIVE_FLOAT,  # per-source time shift within the track
+                          help="Max time shift per source in aligned examples (s).")
+    pitch_prob: float = option(0.0, type=PROBABILITY,  # phase vocoder + resampling: slow, off by default
+                               help="Pitch shift probability per source (slow).")
+    pitch_semitones: float = option(2.0, type=FiniteFloatRange(0.0, 12.0),
+                                    help="Pitch shift range (± semitones; at most an octave).")
+    stretch_prob: float = option(0.0, type=PROBABILITY,  # phase vocoder: slow, off by default
+                                 help="Time stretch probability per source (slow).")
+    stretch_range: float = option(0.1, type=FiniteFloatRange(0.0, 0.5),  # rate uniform in [1 - range, 1 + range]
+                                  help="Time stretch rate range (1 ± range; at most 0.5, half or one and a half "
+                                       "times the speed).")
 
     @classmethod
     def none(cls) -> "Augmentation":
@@ -51,15 +61,27 @@ class Augmentation:
 
 @dataclass
 class MixSpec:
-    """How examples are drawn. ``active_sources``: slots active per example (None = all)."""
+    """How examples are drawn. ``active_sources``: slots active per example (None = all);
+    ``stage``: the curriculum stage that count stands for (:func:`parse_active_sources`).
+
+    The fields with an option are the command-line options that ``mss remix`` and ``mss
+    train`` share (``--sources`` and ``--stage`` resolved together by :func:`parse_active_sources`).
+    """
 
     targets: list[str]
     segment: float
-    active_sources: int | None = None
-    aligned_prob: float = 0.0
-    silent_keep: float = 0.1
+    active_sources: int | None = option(None, names=("--sources",),
+                                        help="Active sources per example: 2, 3, ... or 'all' (default all).")
+    stage: int = option(3, type=IntegerRange(1, 3), cli_default=None,
+                        help="Curriculum stage: 1 = target + 1 distractor, 2 = target + 2, 3 = full mixture.")
+    aligned_prob: float = option(0.0, type=PROBABILITY, help="Probability that all sources of an example come "
+                                 "from one track (else cross-track remix).")
+    silent_keep: float = option(0.1, type=PROBABILITY, help="Probability of keeping an example whose target is "
+                                "silent (else it is redrawn).")
     split: str = "train"
-    augment: Augmentation = field(default_factory=Augmentation)
+    augment: Augmentation = option(default_factory=Augmentation, names=("--no-augment",), dest="no_augment",
+                                   is_flag=True, help="Turn every augmentation off.",
+                                   convert=lambda off, augment: Augmentation.none() if off else augment)
 
     def to_attrs(self) -> dict[str, Any]:
         attrs = dataclasses.asdict(self)
@@ -199,20 +221,28 @@ def render_example(cache: StemCache, split: str, tracks: Sequence[str], example:
     return stems
 
 
-def make_plan(cache_path: str, output: str, spec: MixSpec, examples: int, seed: int, stage: int,
+def make_plan(cache_path: str, output: str, spec: MixSpec, examples: int, seed: int,
               argv: Sequence[str] = (), force: bool = False) -> None:
     """Draw ``examples`` examples (example ``i`` from generator ``(seed, i)``) and write the plan.
 
-    An existing ``output`` is replaced only if it is a mix plan of the same cache (or with ``force``).
+    An existing ``output`` is replaced only if it is a mix plan of the same cache (or with
+    ``force``); one drawn from the same cache with the same spec, seed and number of examples
+    is kept as it is ("up to date": it would be drawn again identically), unless ``force``.
     """
     if examples < 1:
         raise BadInput(f"--examples must be at least 1, got {examples}")
     cache = StemCache(cache_path)
+    attrs = _plan_attrs(cache, cache_path, spec, seed, argv)
     with OutputLock(output, "remix"):
         check_replaceable(output, lambda path: _plan_cache_fingerprint(path) == cache.fingerprint,
                           f"a mix plan of {cache_path}", force)
         remove_stale_temps(output)
-        _write_new_plan(cache, cache_path, output, spec, examples, seed, stage, argv)
+        if not force and _plan_is_current(output, attrs, examples):
+            log.info("%s is up to date (drawn from the same cache with the same options); nothing to do", output)
+            return
+        sampler = ExampleSampler(cache, spec)
+        drawn = [sampler.draw(np.random.default_rng([seed, i])) for i in range(examples)]
+        write_plan(output, {name: np.stack([d[name] for d in drawn]) for name in PLAN_FIELDS}, sampler.tracks, attrs)
 
 
 def _plan_cache_fingerprint(path) -> str | None:
@@ -220,17 +250,30 @@ def _plan_cache_fingerprint(path) -> str | None:
     return attrs.get("cache_fingerprint") if attrs and attrs.get("format") == PLAN_FORMAT else None
 
 
-def _write_new_plan(cache: StemCache, cache_path: str, output: str, spec: MixSpec, examples: int, seed: int,
-                    stage: int, argv: Sequence[str]) -> None:
-    sampler = ExampleSampler(cache, spec)
-    drawn = [sampler.draw(np.random.default_rng([seed, i])) for i in range(examples)]
-    fields = {name: np.stack([d[name] for d in drawn]) for name in PLAN_FIELDS}
-    attrs = spec.to_attrs() | {
+def _plan_attrs(cache: StemCache, cache_path: str, spec: MixSpec, seed: int, argv: Sequence[str]) -> dict[str, Any]:
+    return spec.to_attrs() | {
         "cache": str(cache_path), "cache_fingerprint": cache.fingerprint, "sources": list(cache.sources),
-        "sample_rate": cache.sample_rate, "channels": cache.channels, "seed": seed, "stage": stage,
-        "segment_frames": sampler.frames, "created_by": {"tool": "mss remix", "version": __version__, "argv": list(argv)},
+        "sample_rate": cache.sample_rate, "channels": cache.channels, "seed": seed,
+        "segment_frames": int(round(spec.segment * cache.sample_rate)),
+        "created_by": {"tool": "mss remix", "version": __version__, "argv": list(argv)},
     }
-    write_plan(output, fields, sampler.tracks, attrs)
+
+
+# Plan attributes that do not change the examples: where the cache was named from, and the command.
+_NOT_DRAWING = ("cache", "created_by")
+
+
+def _plan_is_current(path, attrs: dict[str, Any], examples: int) -> bool:
+    """Whether ``path`` is a plan of ``examples`` examples drawn with these attributes (the same cache
+    fingerprint, spec, seed and segment; plan format version)."""
+    try:
+        fields, _, existing = read_plan(path)
+    except BadInput:
+        return False
+    wanted = {k: v for k, v in attrs.items() if k not in _NOT_DRAWING} | {"format_version": PLAN_FORMAT_VERSION}
+    canonical = lambda value: json.dumps(value, sort_keys=True, default=lambda v: v.item())  # noqa: E731
+    return len(fields["track"]) == examples and all(canonical(existing.get(k)) == canonical(v)
+                                                    for k, v in wanted.items())
 
 
 class MixPlan:

@@ -239,7 +239,7 @@ def separate(checkpoint: str, inputs: Sequence[str], output: str | os.PathLike, 
     the track's name; ``tta_flip``: also average channel-swapped and polarity-inverted
     passes; ``two_stems``: write that source and ``no_<source>`` (= input − estimate) only.
     """
-    from mss_tools.training import resolve_device
+    from mss_tools.devices import resolve_device
 
     output = Path(output)
     device = resolve_device(device)

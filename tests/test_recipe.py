@@ -1,11 +1,14 @@
 """The Kaldi-style recipes end to end on a tiny demo corpus: run, rerun (everything skipped), run from a stage."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from mss_tools.cache import read_plan
 from tests.conftest import REPO
 
 TINY = ["--preset", "tiny", "--demo-tracks", "6", "--demo-duration", "3", "--jobs", "1",
@@ -14,7 +17,8 @@ TINY = ["--preset", "tiny", "--demo-tracks", "6", "--demo-duration", "3", "--job
 
 def run_recipe(script, *args, cwd):
     return subprocess.run(["bash", str(REPO / "recipes" / script), *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                          text=True, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                                          **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
 
 
 def test_run_all_then_rerun_then_stage(tmp_path):
@@ -71,3 +75,94 @@ def test_every_recipe_config_is_accepted_by_mss_train(conf):
     assert result.exit_code == 0, result.output
     printed = json.loads(result.output)
     assert printed["arch"] == json.loads(conf.read_text())["arch"] == conf.stem
+
+
+STUB = '''import json, os, sys
+log, args = sys.argv[1], sys.argv[2:]
+with open(log, "a") as handle:
+    handle.write(" ".join(args) + "\\n")
+if args[0] == "train" and "--print-config" in args:
+    print(json.dumps({"epochs": 2, "steps_per_epoch": 3, "batch_size": 4, "segment": 1.5}))
+if args[0] == "compare":
+    out = args[args.index("-o") + 1]
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, "RESULTS.md"), "w").write("results\\n")
+'''
+
+
+def _stub_mss(tmp_path):
+    """An `mss` that only records its command lines (one per call, in the returned file)."""
+    (tmp_path / "stub.py").write_text(STUB)
+    return f"python3 {tmp_path / 'stub.py'} {tmp_path / 'calls.txt'}", tmp_path / "calls.txt"
+
+
+def test_run_all_forwards_options_and_runs_the_mixture_baseline_once(tmp_path):
+    mss, calls = _stub_mss(tmp_path)
+    result = run_recipe("run_all.sh", "--archs", "unet unet_lite", "--exp", tmp_path / "exp", "--preset", "tiny",
+                        "--jobs", "1", "--museval", "false", "--device", "cpu", "--mss", mss, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = calls.read_text().splitlines()
+    assert [line for line in lines if line.startswith("separate mixture")] == \
+        [f"separate mixture {tmp_path}/exp/data/cache_8000.h5 --split test -o {tmp_path}/exp/mixture/preds/mixture"]
+    assert sum(line.startswith("score") and "mixture" in line for line in lines) == 1
+    assert sum(line.startswith("prep") for line in lines) == 3 and all(
+        " -j 1 " in line for line in lines if line.startswith(("prep", "score")))
+    assert not any("--museval" in line for line in lines)
+    for arch in ("unet", "unet_lite"):
+        remixes = [line for line in lines if line.startswith(f"remix {tmp_path}/exp/data/cache_8000.h5 "
+                                                             f"{tmp_path}/exp/{arch}/plans/")]
+        assert len(remixes) == 3 and all("--segment 1.5 --examples 24" in line for line in remixes)
+        trains = [line for line in lines if line.startswith("train") and f"/exp/{arch}/" in line]
+        assert [("--epochs 2" in t, "--epochs 6" in t, "--device cpu" in t) for t in trains] == \
+            [(True, False, True)] * 3 + [(False, True, True)]
+        assert sum(line.startswith("separate") and f"/exp/{arch}/" in line for line in lines) == 2
+    stages = [line.split("Stage ")[1].split(":")[0] for line in result.stderr.splitlines() if "] Stage " in line]
+    assert stages == ["0", "6", "7"] + ["0", "1", "2", "3", "4", "5", "6", "7", "8"] * 2 + ["9"]
+
+
+def test_command_txt_gets_one_line_per_call(tmp_path):
+    mss, _ = _stub_mss(tmp_path)
+    exp = tmp_path / "exp"
+    first = run_recipe("run.sh", "--arch", "unet", "--exp", exp, "--preset", "tiny", "--mss", mss, cwd=tmp_path)
+    again = run_recipe("run.sh", "--arch", "unet", "--exp", exp, "--preset", "tiny", "--mss", mss, "--stage", "8",
+                       cwd=tmp_path)
+    assert first.returncode == 0 and again.returncode == 0, again.stderr[-3000:]
+    lines = (exp / "unet" / "command.txt").read_text().splitlines()
+    assert len(lines) == 2 and all("conf " in line and "tiny/unet.json" in line for line in lines)
+    import shlex
+
+    assert shlex.split(lines[0], comments=True)[1:] == ["--arch", "unet", "--exp", str(exp), "--preset", "tiny",
+                                                        "--mss", mss]
+    assert shlex.split(lines[1], comments=True)[-2:] == ["--stage", "8"]
+
+
+def test_run_all_help_explains_every_option():
+    result = run_recipe("run_all.sh", "--help", cwd=REPO)
+    assert result.returncode == 0
+    options = [line for line in result.stdout.splitlines() if line.startswith("  --")]
+    assert {line.split()[0] for line in options} >= {"--archs", "--arch", "--preset", "--exp", "--stage", "--mss"}
+    assert all(len(line.split()) >= 3 for line in options if not line.startswith(("  --musdb", "  --sample-rate")))
+    assert "the built-in synthetic demo corpus" in next(line for line in options if line.startswith("  --musdb"))
+
+
+def test_a_plan_is_drawn_again_when_the_conf_changes_its_segment(tmp_path):
+    recipes = tmp_path / "recipes"
+    shutil.copytree(REPO / "recipes", recipes)
+    conf = recipes / "conf" / "tiny" / "unet.json"
+    exp = tmp_path / "exp"
+
+    def run():
+        result = subprocess.run(["bash", str(recipes / "run.sh"), "--arch", "unet", "--exp", str(exp), *TINY,
+                                 "--stop-stage", "1"], cwd=tmp_path, capture_output=True, text=True,
+                                env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                                     **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return {s: read_plan(exp / "unet" / "plans" / f"s{s}.h5")[2]["segment_frames"] for s in (1, 2, 3)}
+
+    def up_to_date():
+        return ["up to date" in (exp / "unet" / "logs" / f"1_remix_s{s}.log").read_text() for s in (1, 2, 3)]
+
+    assert run() == {1: 8000, 2: 8000, 3: 8000} and up_to_date() == [False] * 3  # tiny: 1 s at 8 kHz
+    assert run() == {1: 8000, 2: 8000, 3: 8000} and up_to_date() == [True] * 3
+    conf.write_text(json.dumps(json.loads(conf.read_text()) | {"segment": 0.5}))
+    assert run() == {1: 4000, 2: 4000, 3: 4000} and up_to_date() == [False] * 3

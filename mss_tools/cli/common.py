@@ -1,40 +1,21 @@
-"""Shared command-line plumbing: -v/-q, one-line errors and exit codes, the ranges of numeric options."""
+"""Shared command-line plumbing: -v/-q, one-line errors and exit codes, the ranges of numeric options,
+options generated from dataclass fields."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
 import sys
 
 import click
 
 from mss_tools.errors import MssError
+# The ranges of numeric options are defined with the option fields; imported from here by every command.
+from mss_tools.options import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT,  # noqa: F401
+                               PROBABILITY, SEED, FIELD_DEFAULT, FiniteFloatRange, IntegerRange, nested_dataclass,
+                               option_of)
+from mss_tools.options import comma_list as split_list  # noqa: F401
 
-
-class IntegerRange(click.IntRange):
-    """A ``click.IntRange`` whose error for a non-number says "not a valid integer"."""
-
-    name = "integer"
-
-
-class FiniteFloatRange(click.FloatRange):
-    """A ``click.FloatRange`` that also refuses ``nan`` and ``inf`` (which compare false with any bound)."""
-
-    name = "number"
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
-PROBABILITY = FiniteFloatRange(0.0, 1.0)
-POSITIVE_FLOAT = FiniteFloatRange(min=0.0, min_open=True)
-NON_NEGATIVE_FLOAT = FiniteFloatRange(min=0.0)
-POSITIVE_INT = IntegerRange(min=1)
-NON_NEGATIVE_INT = IntegerRange(min=0)
-SEED = IntegerRange(0, 2**32 - 1)  # numpy seed sequences take no negative numbers
 MIN_SAMPLE_RATE = 1000
 
 
@@ -104,56 +85,54 @@ def command(name: str, **kwargs):
     return decorate
 
 
-def split_list(value: str | None) -> list[str] | None:
-    """'a,b, c' -> ['a', 'b', 'c']; None/'' -> None."""
-    if not value:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
+def dataclass_options(cls):
+    """Decorator: a click option for every field of the dataclass ``cls`` that has an
+    :class:`~mss_tools.options.Option` (and for every field of the dataclasses its fields hold),
+    named, typed, range-checked, documented and defaulted by the field. The values arrive under
+    the field names; :func:`dataclass_values` turns them into field values."""
+
+    def decorate(func):
+        for decorator in reversed(_click_options(cls)):
+            func = decorator(func)
+        return func
+
+    return decorate
 
 
-_MIX_OPTIONS = [
-    click.option("--sources", "active_sources", default=None,
-                 help="Active sources per example: 2, 3, ... or 'all' (default all)."),
-    click.option("--stage", type=IntegerRange(1, 3), default=None,
-                 help="Curriculum stage: 1 = target + 1 distractor, 2 = target + 2, 3 = full mixture."),
-    click.option("--aligned-prob", type=PROBABILITY, default=0.0,
-                 help="Probability that all sources of an example come from one track (else cross-track remix)."),
-    click.option("--silent-keep", type=PROBABILITY, default=0.1,
-                 help="Probability of keeping an example whose target is silent (else it is redrawn)."),
-    click.option("--gain-db", type=NON_NEGATIVE_FLOAT, default=6.0, help="Random gain range per source (± dB)."),
-    click.option("--gain-prob", type=PROBABILITY, default=1.0, help="Probability of the random gain."),
-    click.option("--swap-prob", type=PROBABILITY, default=0.5, help="Left/right swap probability per source."),
-    click.option("--flip-prob", type=PROBABILITY, default=0.5, help="Polarity inversion probability per source."),
-    click.option("--shift", type=NON_NEGATIVE_FLOAT, default=0.0,
-                 help="Max time shift per source in aligned examples (s)."),
-    click.option("--pitch-prob", type=PROBABILITY, default=0.0, help="Pitch shift probability per source (slow)."),
-    click.option("--pitch-semitones", type=FiniteFloatRange(0.0, 12.0), default=2.0,
-                 help="Pitch shift range (± semitones; at most an octave)."),
-    click.option("--stretch-prob", type=PROBABILITY, default=0.0, help="Time stretch probability per source (slow)."),
-    click.option("--stretch-range", type=FiniteFloatRange(0.0, 0.5), default=0.1,
-                 help="Time stretch rate range (1 ± range; at most 0.5, half or one and a half times the speed)."),
-    click.option("--no-augment", is_flag=True, help="Turn every augmentation off."),
-]
-MIX_KEYS = ("active_sources", "stage", "aligned_prob", "silent_keep", "gain_db", "gain_prob", "swap_prob",
-            "flip_prob", "shift", "pitch_prob", "pitch_semitones", "stretch_prob", "stretch_range", "no_augment")
+def _click_options(cls) -> list:
+    decorators = []
+    for f in dataclasses.fields(cls):
+        nested, spec = nested_dataclass(f), option_of(f)
+        if nested is not None:
+            decorators += _click_options(nested)
+        if spec is None:
+            continue
+        if spec.cli_default is not FIELD_DEFAULT:
+            default = spec.cli_default
+        elif spec.multiple:
+            default = ()
+        else:
+            default = False if nested is not None else f.default
+        kwargs = {"default": default, "help": spec.help, "multiple": spec.multiple, "metavar": spec.metavar}
+        if spec.is_flag:
+            kwargs["is_flag"] = True
+        elif spec.type is not None:
+            kwargs["type"] = spec.type
+        names = spec.names or (f"--{f.name.replace('_', '-')}",)
+        decorators.append(click.option(*names, spec.dest or f.name, **kwargs))
+    return decorators
 
 
-def mix_options(func):
-    """The remixing/curriculum/augmentation options shared by ``remix`` and ``train``."""
-    for option in reversed(_MIX_OPTIONS):
-        func = option(func)
-    return func
-
-
-def pop_mix_options(kwargs: dict) -> dict:
-    """Remove the ``mix_options`` values from ``kwargs``; returns active_sources, stage, aligned_prob,
-    silent_keep and augment (an ``Augmentation``)."""
-    from mss_tools.mixing import Augmentation, parse_active_sources
-
-    values = {key: kwargs.pop(key) for key in MIX_KEYS}
-    active, stage = parse_active_sources(values["active_sources"], values["stage"])
-    augment = Augmentation.none() if values["no_augment"] else Augmentation(
-        **{k: values[k] for k in ("gain_db", "gain_prob", "swap_prob", "flip_prob", "shift", "pitch_prob",
-                                  "pitch_semitones", "stretch_prob", "stretch_range")})
-    return {"active_sources": active, "stage": stage, "aligned_prob": values["aligned_prob"],
-            "silent_keep": values["silent_keep"], "augment": augment}
+def dataclass_values(cls, values: dict) -> dict:
+    """Take the values of ``cls``'s options (:func:`dataclass_options`) out of ``values``, a
+    command's keyword arguments, as ``{field: value}`` (converted; nested dataclasses built)."""
+    fields = {}
+    for f in dataclasses.fields(cls):
+        nested, spec = nested_dataclass(f), option_of(f)
+        if nested is not None:
+            built = nested(**dataclass_values(nested, values))
+            fields[f.name] = built if spec is None else spec.convert(values.pop(spec.dest or f.name), built)
+        elif spec is not None:
+            value = values.pop(f.name)
+            fields[f.name] = spec.convert(value) if spec.convert else value
+    return fields

@@ -2,8 +2,9 @@ import sys
 
 import click
 
-from mss_tools.cli.common import (POSITIVE_FLOAT, POSITIVE_INT, SEED, command, mix_options, pop_mix_options,
+from mss_tools.cli.common import (POSITIVE_FLOAT, POSITIVE_INT, SEED, command, dataclass_options, dataclass_values,
                                   split_list)
+from mss_tools.mixing import MixSpec
 
 
 @command("remix")
@@ -15,17 +16,19 @@ from mss_tools.cli.common import (POSITIVE_FLOAT, POSITIVE_INT, SEED, command, m
 @click.option("--seed", type=SEED, default=0, help="Seed of the draw.")
 @click.option("--split", default="train", help="Cache split the examples come from.")
 @click.option("--aligned", is_flag=True, help="All sources of every example from one track (same as --aligned-prob 1).")
-@mix_options
+@dataclass_options(MixSpec)
 @click.option("--render", "render_to", type=click.Path(dir_okay=False), default=None,
               help="Also materialize the plan as a stem cache (one track per example, in the plan's split).")
-@click.option("--force", is_flag=True, help="Replace OUTPUT (and --render's file) even if it is not a plan of CACHE.")
+@click.option("--force", is_flag=True, help="Replace OUTPUT (and --render's file) even if it is not a plan of CACHE; "
+              "draw OUTPUT again even if it is up to date.")
 def cli(cache, output, targets, segment, examples, seed, split, aligned, render_to, force, **mix):
     """Draw a mix plan OUTPUT from the stem cache CACHE: per example and source slot,
     which track, offset, gain and augmentations, and whether the slot is active.
 
     Each slot comes from its own random track (cross-track remixing) unless --aligned.
     Curriculum: --stage 1 (target + 1 distractor), 2 (target + 2), 3 (everything);
-    inactive sources are silent in the mixture and in the targets.
+    inactive sources are silent in the mixture and in the targets. An existing plan drawn
+    from the same cache with the same options is up to date and kept.
 
     \b
     Examples:
@@ -33,13 +36,14 @@ def cli(cache, output, targets, segment, examples, seed, split, aligned, render_
       mss remix cache.h5 plan.h5 --target piano --sources 2 --render listen.h5
     """
     from mss_tools.cache import StemCache
-    from mss_tools.mixing import MixSpec, make_plan, render_plan
+    from mss_tools.mixing import make_plan, parse_active_sources, render_plan
 
-    options = pop_mix_options(mix)
+    options = dataclass_values(MixSpec, mix)
+    options["active_sources"], options["stage"] = parse_active_sources(options["active_sources"], options["stage"])
+    if aligned:
+        options["aligned_prob"] = 1.0
     target_list = StemCache(cache).sources if targets == "all" else split_list(targets)
-    spec = MixSpec(targets=target_list, segment=segment, active_sources=options["active_sources"],
-                   aligned_prob=1.0 if aligned else options["aligned_prob"], silent_keep=options["silent_keep"],
-                   split=split, augment=options["augment"])
-    make_plan(cache, output, spec, examples, seed, options["stage"], argv=sys.argv, force=force)
+    spec = MixSpec(targets=target_list, segment=segment, split=split, **options)
+    make_plan(cache, output, spec, examples, seed, argv=sys.argv, force=force)
     if render_to:
         render_plan(output, render_to, cache, force=force)

@@ -5,6 +5,17 @@ run_cmd=("${run_cmd[@]+"${run_cmd[@]}"}")
 
 log() { echo "$(date '+%Y-%m-%d %H:%M:%S') [$(basename "$0")] $*" >&2; }
 
+# record_command FILE [NOTE]: append this call of the recipe to FILE, one line: the command as given
+# (shell-quoted, so that it can be run again), then the date and NOTE as a comment.
+record_command() {
+  mkdir -p "$(dirname "$1")"
+  {
+    printf '%q' "$0"
+    [ ${#recipe_args[@]} -eq 0 ] || printf ' %q' "${recipe_args[@]}"
+    printf '  # %s%s\n' "$(date '+%Y-%m-%d %H:%M:%S')" "${2:+, $2}"
+  } >> "$1"
+}
+
 # run_step LOGFILE CMD...: runs CMD (behind ${run_cmd[@]}, see cmd.sh) with its output in LOGFILE (plus a header and footer that
 # record the command, start, end, duration and exit code); on failure names the log and exits.
 run_step() {
