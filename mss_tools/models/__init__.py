@@ -51,7 +51,8 @@ def build_model(arch: str, sources: Sequence[str], audio_channels: int, sample_r
                 preset: str | None = None, overrides: Mapping[str, Any] | None = None,
                 config: Mapping[str, Any] | None = None, segment: float | None = None):
     """Build ``arch``. ``config`` wins over preset/overrides: the architecture's config, or a
-    plain dict of options (e.g. from a checkpoint; missing options take their defaults).
+    plain dict of options (e.g. from a checkpoint; missing options take their defaults, or the
+    value that keeps an older checkpoint's behaviour, ``ModelConfig.LEGACY_VALUES``).
     ``segment``: the chunk length inference runs on by default (the architecture's default
     segment when not given)."""
     cls = model_class(arch)
@@ -61,7 +62,7 @@ def build_model(arch: str, sources: Sequence[str], audio_channels: int, sample_r
         unknown = set(config) - set(cls.DEFAULTS)
         if unknown:
             raise BadInput(f"config has options unknown to {arch!r}: {', '.join(sorted(unknown))}")
-        config = cls.DEFAULTS.with_options(config)
+        config = cls.DEFAULTS.from_stored(config)
     return cls(list(sources), audio_channels, sample_rate, config, segment=segment)
 
 

@@ -26,6 +26,10 @@ class SourceSeparator(Protocol):
     ``model(mix)`` maps a mixture ``(batch, audio_channels, time)`` at ``sample_rate`` to
     the estimates ``(batch, len(sources), audio_channels, time)``, for any ``time``;
     ``segment`` is the chunk length in seconds it is run on by default.
+
+    Optional: ``stft_hop``, the hop in samples of a spectrogram model's STFT (a waveform model
+    has none; inference reads it as 1). :mod:`mss_tools.apply` puts every chunk on the frame
+    grid of the whole track's STFT with it.
     """
 
     sources: list[str]
@@ -42,7 +46,14 @@ class ModelConfig(Mapping):
     their types (the type hints) and their defaults.
 
     It reads like a mapping too (``config["depth"]``, ``dict(config)``, ``set(config)``).
+
+    ``LEGACY_VALUES``: options added after checkpoints had been saved without them, each with
+    the value that reproduces what the model did before the option existed. A stored config
+    (a checkpoint's plain dict, :meth:`from_stored`) that lacks such an option gets this value,
+    not the default, so old checkpoints keep their behaviour while new models get the default.
     """
+
+    LEGACY_VALUES: ClassVar[Mapping[str, Any]] = {}
 
     @classmethod
     def option_types(cls) -> dict[str, Any]:
@@ -60,6 +71,13 @@ class ModelConfig(Mapping):
                 raise BadInput(f"unknown option {key!r}; known options: {', '.join(sorted(kinds))}")
             converted[key] = convert_option(key, value, kinds[key])
         return dataclasses.replace(self, **converted)
+
+    def from_stored(self, stored: Mapping[str, Any]) -> ModelConfig:
+        """The config a stored plain dict of options describes: :meth:`with_options` of ``stored``,
+        where an option that ``stored`` lacks takes its ``LEGACY_VALUES`` entry if it has one (else
+        this config's value)."""
+        legacy = {key: value for key, value in self.LEGACY_VALUES.items() if key not in stored}
+        return self.with_options({**legacy, **stored})
 
     def __getitem__(self, key: str) -> Any:
         if key not in set(self):
@@ -185,6 +203,13 @@ class SeparationModel(nn.Module):
 
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
+
+    @property
+    def stft_hop(self) -> int:
+        """Hop in samples of the model's STFT (its ``stft`` submodule, as the spectrogram models
+        name it); 1 for a model without one (waveform models, baselines)."""
+        stft = self._modules.get("stft")
+        return int(getattr(stft, "hop_length", 1))
 
     @property
     def num_parameters(self) -> int:
