@@ -121,6 +121,13 @@ def test_presets_exist_and_build_the_model_they_name(arch):
             arch, ["vocals"], 2, 44100, cls.DEFAULT_SEGMENT)
 
 
+def test_spectrogram_models_say_their_stft_hop(arch):
+    model = tiny(arch)
+    stft = getattr(model, "stft", None)
+    assert model.stft_hop == (stft.hop_length if stft is not None else 1)
+    assert (model.stft_hop > 1) == (arch in ("unet", "unet_lite", "bsrnn", "bsrnn_se"))
+
+
 def test_unet_with_all_pass_masks_reconstructs_the_mixture():
     model = tiny("unet").eval()
     model.masks = lambda magnitude: torch.ones(magnitude.shape[0], 2, *magnitude.shape[1:])
