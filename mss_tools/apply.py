@@ -5,6 +5,9 @@ Works for any :class:`~mss_tools.models.base.SourceSeparator` (``sources``,
 in, stems ``(batch, len(sources), audio_channels, time)`` out): the track is cut into
 ``segment``-second chunks overlapping by ``overlap``, chunks are run in batches, and the
 outputs are blended with a raised-cosine cross-fade.
+:class:`StreamingSeparator` takes the mixture in blocks and hands back finished stems as
+soon as no later chunk can touch them, so memory is bounded by the chunk, not the track;
+:func:`separate_tensor` is the same on a whole track held in memory.
 
 Chunks of a spectrogram model sit on the frame grid of the whole track's STFT. A model with an
 STFT says its hop in ``stft_hop`` (:class:`~mss_tools.models.base.SourceSeparator`; 1 when it
@@ -15,10 +18,8 @@ every chunk — the last one too, which is moved back to end with the track — 
 of ``stft_hop``. A chunk's frames are then the whole track's frames (away from the chunk's own
 edges, where its STFT pads), and a model that treats frames locally gives the same output
 chunked as whole; with a chunk hop off the grid every chunk's frames fall between the track's,
-and the estimates of neighbouring chunks disagree wherever they are blended.
-:class:`StreamingSeparator` takes the mixture in blocks and hands back finished stems as
-soon as no later chunk can touch them, so memory is bounded by the chunk, not the track;
-:func:`separate_tensor` is the same on a whole track held in memory.
+and the estimates of neighbouring chunks disagree wherever they are blended. (A time-shifted
+pass puts its chunks on the grid of the delayed track it separates.)
 
 Test-time augmentation (:class:`Pass`, :func:`tta_passes`) runs the track several times —
 time-shifted by a random delay (Demucs' "shifts"), channel-swapped, polarity-inverted —
