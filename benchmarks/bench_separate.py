@@ -59,11 +59,11 @@ def build(arch: str, preset: str | None, overrides: dict, rate: int, path: Path)
 
 def bare_forward(model, path: Path, segment: float, overlap: float, batch_size: int) -> tuple[float, int]:
     """Seconds in ``model(batch)`` over the chunks and batches separation runs; and the number of chunks."""
-    from mss_tools.apply import chunk_starts
+    from mss_tools.apply import chunk_length, chunk_starts, frame_hop
 
     mix = torch.from_numpy(np.ascontiguousarray(sf.read(str(path), dtype="float32", always_2d=True)[0].T))
-    chunk = min(int(round(segment * model.sample_rate)), mix.shape[-1])
-    starts = chunk_starts(mix.shape[-1], chunk, overlap)
+    chunk = chunk_length(int(round(segment * model.sample_rate)), mix.shape[-1], frame_hop(model))
+    starts = chunk_starts(mix.shape[-1], chunk, overlap, frame_hop(model))
     batches = [torch.stack([mix[:, s:s + chunk] for s in starts[i:i + batch_size]])
                for i in range(0, len(starts), batch_size)]
     elapsed = 0.0

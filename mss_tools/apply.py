@@ -9,6 +9,18 @@ outputs are blended with a raised-cosine cross-fade.
 soon as no later chunk can touch them, so memory is bounded by the chunk, not the track;
 :func:`separate_tensor` is the same on a whole track held in memory.
 
+Chunks of a spectrogram model sit on the frame grid of the whole track's STFT. A model with an
+STFT says its hop in ``stft_hop`` (:class:`~mss_tools.models.base.SourceSeparator`; 1 when it
+has none, as for waveform models, and then nothing below changes anything): the chunk hop is
+``chunk · (1 - overlap)`` rounded to a multiple of ``stft_hop``, and the chunk length is
+``segment`` rounded to a multiple of ``stft_hop`` plus ``(length - that) mod stft_hop``, so that
+every chunk — the last one too, which is moved back to end with the track — starts at a multiple
+of ``stft_hop``. A chunk's frames are then the whole track's frames (away from the chunk's own
+edges, where its STFT pads), and a model that treats frames locally gives the same output
+chunked as whole; with a chunk hop off the grid every chunk's frames fall between the track's,
+and the estimates of neighbouring chunks disagree wherever they are blended. (A time-shifted
+pass puts its chunks on the grid of the delayed track it separates.)
+
 Test-time augmentation (:class:`Pass`, :func:`tta_passes`) runs the track several times —
 time-shifted by a random delay (Demucs' "shifts"), channel-swapped, polarity-inverted —
 maps every estimate back and averages them.
@@ -54,23 +66,45 @@ def model_device(model: SourceSeparator) -> torch.device:
     return torch.device("cpu")
 
 
-def chunk_starts(length: int, chunk: int, overlap: float) -> list[int]:
-    """Start of every chunk of a ``length``-sample track; ``chunk`` is already at most ``length``.
+def frame_hop(model: SourceSeparator) -> int:
+    """The hop chunks are aligned to: the model's ``stft_hop``, 1 for a model without an STFT."""
+    return max(1, int(getattr(model, "stft_hop", 1) or 1))
 
-    Hops of ``chunk · (1 - overlap)``; the last chunk is moved back to end with the track.
+
+def chunk_length(segment_samples: int, length: int, hop: int = 1) -> int:
+    """Samples per chunk of a ``length``-sample track for a segment of ``segment_samples`` and an STFT hop ``hop``.
+
+    The whole track if it is no longer than the segment; else the segment rounded to a multiple
+    of ``hop`` (at least ``hop``), plus ``(length - chunk) mod hop``: then the last chunk, which
+    ends with the track, starts on the frame grid (a multiple of ``hop``) like the others.
     """
-    starts = list(range(0, max(length - chunk, 0) + 1, chunk_hop(chunk, overlap)))
+    chunk = hop * max(1, round(segment_samples / hop))
+    if chunk >= length:
+        return length
+    return chunk + (length - chunk) % hop
+
+
+def chunk_hop(chunk: int, overlap: float, hop: int = 1) -> int:
+    """Samples from one chunk's start to the next: ``chunk · (1 - overlap)`` rounded to a multiple of the STFT hop
+    ``hop`` (at least ``hop``, at most the chunk, so that chunks leave no gap)."""
+    return hop * max(1, min(round(chunk * (1 - overlap) / hop), chunk // hop))
+
+
+def chunk_starts(length: int, chunk: int, overlap: float, hop: int = 1) -> list[int]:
+    """Start of every chunk of a ``length``-sample track; ``chunk`` is at most ``length`` (:func:`chunk_length`).
+
+    Steps of :func:`chunk_hop`; the last chunk is moved back to end with the track (on the
+    frame grid when ``chunk`` comes from :func:`chunk_length` with the same ``hop``).
+    """
+    starts = list(range(0, max(length - chunk, 0) + 1, chunk_hop(chunk, overlap, hop)))
     if starts[-1] + chunk < length:
         starts.append(length - chunk)
     return starts
 
 
-def chunk_hop(chunk: int, overlap: float) -> int:
-    return max(1, int(round(chunk * (1 - overlap))))
-
-
-def chunk_count(length: int, chunk: int, overlap: float) -> int:
-    return len(chunk_starts(length, min(chunk, length), overlap))
+def chunk_count(length: int, chunk: int, overlap: float, hop: int = 1) -> int:
+    """How many chunks a ``length``-sample track is cut into for a segment of ``chunk`` samples."""
+    return len(chunk_starts(length, chunk_length(chunk, length, hop), overlap, hop))
 
 
 @dataclass(frozen=True)
@@ -187,16 +221,17 @@ class _Timeline:
 class _PassState:
     """Where one pass stands: its chunk grid over the delayed track and the next chunk to run."""
 
-    def __init__(self, tta: Pass, length: int, chunk: int, overlap: float, batch_size: int, sources: int,
-                 channels: int):
+    def __init__(self, tta: Pass, length: int, segment_samples: int, overlap: float, batch_size: int, sources: int,
+                 channels: int, hop: int = 1):
         self.tta = tta
         self.length = length + tta.delay  # the delayed track this pass separates
-        self.chunk = min(chunk, self.length)
-        self.starts = chunk_starts(self.length, self.chunk, overlap)
-        self.fade = min(self.chunk - chunk_hop(self.chunk, overlap), self.chunk // 2)
+        self.chunk = chunk_length(segment_samples, self.length, hop)
+        self.starts = chunk_starts(self.length, self.chunk, overlap, hop)
+        step = chunk_hop(self.chunk, overlap, hop)
+        self.fade = min(self.chunk - step, self.chunk // 2)
         self.next = 0
         # a batch of chunks spans at most this much beyond the oldest unfinished sample
-        self.sums = _OverlapAdd(sources, channels, self.chunk + batch_size * chunk_hop(self.chunk, overlap))
+        self.sums = _OverlapAdd(sources, channels, self.chunk + batch_size * step)
         self._windows: dict[tuple[bool, bool], torch.Tensor] = {}
 
     def needs(self, index: int) -> tuple[int, int]:
@@ -225,7 +260,8 @@ class StreamingSeparator:
     :meth:`push` takes ``(channels, n)`` blocks and returns the stems that are finished,
     ``(sources, channels, m)`` with ``m`` possibly 0; after the last block :meth:`finish`
     returns the rest. Concatenated, the returns are the separated track ``(sources,
-    channels, length)``, identical to separating it whole. Chunks run ``batch_size`` at a
+    channels, length)``, identical to :func:`separate_tensor` on the whole track (chunks on the
+    STFT frame grid of the model, see the module's docstring). Chunks run ``batch_size`` at a
     time on ``device`` (default: the model's), drawn from every pass in the order their
     input arrives; the result stays on the CPU. Held at once: the input of the chunks not
     yet run and each pass's overlap-add sums back to the oldest unfinished sample — about
@@ -243,8 +279,9 @@ class StreamingSeparator:
         self.device = torch.device(device) if device is not None else model_device(model)
         self.progress = progress
         self.channels = channels if channels is not None else model.audio_channels
-        chunk = max(1, int(round(default_segment(model, segment) * model.sample_rate)))
-        self.passes = [_PassState(p, self.length, chunk, overlap, self.batch_size, len(model.sources), self.channels)
+        segment_samples = max(1, int(round(default_segment(model, segment) * model.sample_rate)))
+        self.passes = [_PassState(p, self.length, segment_samples, overlap, self.batch_size, len(model.sources),
+                                  self.channels, frame_hop(model))
                        for p in (passes or [Pass()])]
         self.total_chunks = sum(len(p.starts) for p in self.passes)
         self._input = _Timeline()

@@ -121,6 +121,13 @@ def test_presets_exist_and_build_the_model_they_name(arch):
             arch, ["vocals"], 2, 44100, cls.DEFAULT_SEGMENT)
 
 
+def test_spectrogram_models_say_their_stft_hop(arch):
+    model = tiny(arch)
+    stft = getattr(model, "stft", None)
+    assert model.stft_hop == (stft.hop_length if stft is not None else 1)
+    assert (model.stft_hop > 1) == (arch in ("unet", "unet_lite", "bsrnn", "bsrnn_se"))
+
+
 def test_unet_with_all_pass_masks_reconstructs_the_mixture():
     model = tiny("unet").eval()
     model.masks = lambda magnitude: torch.ones(magnitude.shape[0], 2, *magnitude.shape[1:])
@@ -156,6 +163,45 @@ def test_unet_lite_dropout_acts_in_training_only():
         without = build_model("unet_lite", ["vocals"], 2, 22050,
                               overrides={"bottleneck_dropout": 0.0, "decoder_dropout": 0.0}).train()
         assert torch.equal(without(mix), without(mix))
+
+
+@pytest.mark.parametrize("gain", [10.0, 0.01])
+def test_unet_lite_is_scale_equivariant(gain):
+    torch.manual_seed(0)
+    model = build_model("unet_lite", ["vocals", "drums"], 2, 16000).eval()
+    mix = torch.randn(2, 2, 3 * 16000)
+    with torch.no_grad():
+        plain, scaled = model(mix), model(gain * mix)
+    assert ((scaled - gain * plain).norm() / (gain * plain).norm()).item() < 1e-4
+
+
+def test_unet_lite_can_output_exact_silence():
+    torch.manual_seed(0)
+    model = build_model("unet_lite", ["vocals", "drums"], 2, 16000).eval()
+    with torch.no_grad():
+        assert torch.equal(model(torch.zeros(1, 2, 8000)), torch.zeros(1, 2, 2, 8000))  # a silent mixture
+        model.head.bias.fill_(-1e3)  # every mask clamped to 0
+        assert torch.equal(model(torch.randn(1, 2, 8000)), torch.zeros(1, 2, 2, 8000))
+
+
+def test_unet_lite_checkpoint_from_before_the_mask_head_keeps_its_head(tmp_path):
+    """A stored config without ``output`` and ``normalize`` is the first head: log1p magnitudes, no normalisation."""
+    torch.manual_seed(0)
+    legacy = build_model("unet_lite", ["vocals"], 2, 8000,
+                         overrides={"output": "log1p_magnitude", "normalize": False}).eval()
+    payload = model_payload(legacy)
+    del payload["config"]["output"], payload["config"]["normalize"]
+    save_checkpoint(tmp_path / "old.pt", payload)
+    loaded = load_model(tmp_path / "old.pt")
+    assert (loaded.config.output, loaded.config.normalize) == ("log1p_magnitude", False)
+    mix = torch.randn(1, 2, 5000)
+    with torch.no_grad():
+        assert torch.equal(loaded(mix), legacy(mix))
+    from_empty_dict = build_model("unet_lite", ["vocals"], 2, 8000, config={}).config
+    assert from_empty_dict == dataclasses.replace(model_class("unet_lite").DEFAULTS, output="log1p_magnitude",
+                                                  normalize=False)
+    with pytest.raises(BadInput, match="option output must be one of mask, log1p_magnitude"):
+        build_model("unet_lite", ["vocals"], 2, 8000, overrides={"output": "waveform"})
 
 
 @dataclasses.dataclass(frozen=True)

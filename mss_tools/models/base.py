@@ -26,6 +26,10 @@ class SourceSeparator(Protocol):
     ``model(mix)`` maps a mixture ``(batch, audio_channels, time)`` at ``sample_rate`` to
     the estimates ``(batch, len(sources), audio_channels, time)``, for any ``time``;
     ``segment`` is the chunk length in seconds it is run on by default.
+
+    Optional: ``stft_hop``, the hop in samples of a spectrogram model's STFT (a waveform model
+    has none; inference reads it as 1). :mod:`mss_tools.apply` puts every chunk on the frame
+    grid of the whole track's STFT with it.
     """
 
     sources: list[str]
@@ -195,6 +199,13 @@ class SeparationModel(nn.Module):
 
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
+
+    @property
+    def stft_hop(self) -> int:
+        """Hop in samples of the model's STFT (its ``stft`` submodule, as the spectrogram models
+        name it); 1 for a model without one (waveform models, baselines)."""
+        stft = self._modules.get("stft")
+        return int(getattr(stft, "hop_length", 1))
 
     @property
     def num_parameters(self) -> int:
