@@ -328,6 +328,8 @@ def _previous_run(output: Path, run: Run) -> dict | None:
     checkpoint = _load_last(path)
     training = checkpoint.get("training", {})
     saved = {k: v for k, v in json.loads(training.get("config", "{}")).items() if k not in RESUMABLE_CHANGES}
+    if isinstance(saved.get("arch_config"), dict):
+        saved["arch_config"] = _as_stored(run.config.arch, saved["arch_config"])
     comparable = run.comparable
     if saved != comparable:
         changed = sorted(k for k in set(saved) | set(comparable) if saved.get(k) != comparable.get(k))
@@ -364,6 +366,12 @@ def _upgrade_training_state(training: dict, run: Run) -> dict:
         "bad_run": 0, "epoch_loss": loss, "epoch_batches": batches}
 
 
+def _as_stored(arch: str, arch_config: dict) -> dict:
+    """A stored architecture config completed as the model it describes (options added since it was
+    written take their legacy values, :meth:`~mss_tools.models.base.ModelConfig.from_stored`), in JSON types."""
+    return json.loads(json.dumps(dict(model_class(arch).DEFAULTS.from_stored(arch_config))))
+
+
 def _finished(training: dict, total_steps: int) -> bool:
     return training["step"] >= total_steps or bool(training.get("stopped"))
 
@@ -375,7 +383,8 @@ def _build_model(run: Run, device: torch.device, warm_start: bool) -> torch.nn.M
                         config=run.resolved["arch_config"])
     if config.init and warm_start:
         source = ckpt.read_checkpoint(config.init)
-        if (source["arch"] != config.arch or source["config"] != run.resolved["arch_config"]
+        if (source["arch"] != config.arch
+                or _as_stored(config.arch, source["config"]) != _as_stored(config.arch, run.resolved["arch_config"])
                 or source["sources"] != run.targets):
             raise BadInput(f"{config.init}: --init needs a checkpoint of the same architecture, config and targets "
                            f"(it has {source['arch']} for {','.join(source['sources'])})")

@@ -176,3 +176,28 @@ def test_last_pt_of_the_previous_layout_resumes_to_the_same_weights(demo_cache, 
     torch.save(newer, tmp_path / "newer" / "last.pt")
     with pytest.raises(BadInput, match="last.pt: written by a newer mss .*--restart"):
         train(str(demo_cache), tmp_path / "newer", TrainConfig(**UNET, epochs=3))
+
+
+def test_an_experiment_from_before_an_option_existed_resumes_with_its_legacy_value(demo_cache, tmp_path):
+    """unet_lite gained `output` and `normalize`; an experiment written without them is the legacy model:
+    it resumes when asked for that model, and is refused as a different config otherwise."""
+    from mss_tools.checkpoint import read_checkpoint, save_checkpoint
+
+    def config(epochs, **options):
+        return TrainConfig(arch="unet_lite", arch_options=options, epochs=epochs, steps_per_epoch=2, batch_size=2,
+                           segment=1.0, valid_seconds=1.0, seed=3)
+
+    legacy = {"output": "log1p_magnitude", "normalize": "false"}
+    train(str(demo_cache), tmp_path, config(1, **legacy))
+    last = read_checkpoint(tmp_path / "last.pt")
+    for key in ("output", "normalize"):  # as the code before these options wrote it
+        del last["config"][key]
+    saved = json.loads(last["training"]["config"])
+    for key in ("output", "normalize"):
+        del saved["arch_config"][key]
+    last["training"]["config"] = json.dumps(saved)
+    save_checkpoint(tmp_path / "last.pt", last)
+    with pytest.raises(BadInput, match="differs in arch_config"):
+        train(str(demo_cache), tmp_path, config(2))
+    train(str(demo_cache), tmp_path, config(2, **legacy))
+    assert read_checkpoint(tmp_path / "last.pt")["training"]["step"] == 4
