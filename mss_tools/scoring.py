@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.signal import welch
 
 from mss_tools import __version__, audio, formats
 from mss_tools.cache import StemCache, is_stem_cache, remove_tree
@@ -124,6 +123,8 @@ def spectral_condition(reference: np.ndarray, filter_length: int = 512) -> float
     Band-limited or mono references exceed :data:`CONDITION_LIMIT`: museval's isr/sir/sar
     are unstable there (its ``sdr`` is not affected).
     """
+    from scipy.signal import welch  # about a second to import; only the museval backend needs it
+
     reference = np.asarray(reference, dtype=np.float64)
     if reference.shape[0] > 1 and np.array_equal(reference[0], reference[1]):
         return float("inf")
