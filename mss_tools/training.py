@@ -442,13 +442,16 @@ class Trainer:
                  self.state.step // self.config.steps_per_epoch)
 
     def write_experiment_files(self) -> None:
-        """config.json, command.txt, provenance.json; metrics lines past the restored step are dropped."""
+        """config.json, provenance.json, one more line of command.txt (every command that trained this
+        experiment, a resumed run's too); metrics lines past the restored step are dropped."""
         if not self.dist.main:
             return
         run, output = self.run, self.output
         output.mkdir(parents=True, exist_ok=True)
         _write_json(output / "config.json", run.resolved)
-        write_text(output / "command.txt", " ".join(self.argv or []) + "\n")
+        commands = output / "command.txt"
+        earlier = commands.read_text() if commands.exists() else ""
+        write_text(commands, earlier + " ".join(self.argv or []) + "\n")
         _write_json(output / "provenance.json", ckpt.provenance(
             self.argv, num_parameters=self.model.num_parameters, device=str(self.device),
             hardware=_hardware(self.device, self.dist.world), data_fingerprint=run.cache.fingerprint,

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -47,6 +46,7 @@ def test_run_all_then_rerun_then_stage(tmp_path):
                        cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "up to date" in (logs / "0_prep.log").read_text()
+    assert all("up to date" in (logs / f"1_remix_s{s}.log").read_text() for s in (1, 2, 3))
     assert "nothing to do" in (logs / "4_train_s3.log").read_text()
     assert "already separated" in (logs / "6_separate_s3.log").read_text()
     assert weights.stat().st_mtime_ns == mtime
@@ -145,24 +145,19 @@ def test_run_all_help_explains_every_option():
     assert "the built-in synthetic demo corpus" in next(line for line in options if line.startswith("  --musdb"))
 
 
-def test_a_plan_is_drawn_again_when_the_conf_changes_its_segment(tmp_path):
-    recipes = tmp_path / "recipes"
-    shutil.copytree(REPO / "recipes", recipes)
-    conf = recipes / "conf" / "tiny" / "unet.json"
-    exp = tmp_path / "exp"
+def test_a_plan_is_drawn_again_when_its_segment_changes(demo_cache, tmp_path):
+    """The recipe draws plans with `mss remix` at every run (test_run_all_then_rerun_then_stage sees it
+    report "up to date"); remix keeps a plan only when it would draw it again identically."""
+    from click.testing import CliRunner
 
-    def run():
-        result = subprocess.run(["bash", str(recipes / "run.sh"), "--arch", "unet", "--exp", str(exp), *TINY,
-                                 "--stop-stage", "1"], cwd=tmp_path, capture_output=True, text=True,
-                                env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-                                     **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}})
-        assert result.returncode == 0, result.stderr[-3000:]
-        return {s: read_plan(exp / "unet" / "plans" / f"s{s}.h5")[2]["segment_frames"] for s in (1, 2, 3)}
+    from mss_tools.cli.main import main
 
-    def up_to_date():
-        return ["up to date" in (exp / "unet" / "logs" / f"1_remix_s{s}.log").read_text() for s in (1, 2, 3)]
+    def remix(*options):
+        result = CliRunner().invoke(main, ["remix", str(demo_cache), str(tmp_path / "s1.h5"), "--stage", "1",
+                                           "--examples", "4", *options])
+        assert result.exit_code == 0, result.output
+        return "up to date" in result.output, read_plan(tmp_path / "s1.h5")[2]["segment_frames"]
 
-    assert run() == {1: 8000, 2: 8000, 3: 8000} and up_to_date() == [False] * 3  # tiny: 1 s at 8 kHz
-    assert run() == {1: 8000, 2: 8000, 3: 8000} and up_to_date() == [True] * 3
-    conf.write_text(json.dumps(json.loads(conf.read_text()) | {"segment": 0.5}))
-    assert run() == {1: 4000, 2: 4000, 3: 4000} and up_to_date() == [False] * 3
+    assert remix("--segment", "1") == (False, 8000)
+    assert remix("--segment", "1") == (True, 8000)
+    assert remix("--segment", "0.5") == (False, 4000)

@@ -201,3 +201,14 @@ def test_an_experiment_from_before_an_option_existed_resumes_with_its_legacy_val
         train(str(demo_cache), tmp_path, config(2))
     train(str(demo_cache), tmp_path, config(2, **legacy))
     assert read_checkpoint(tmp_path / "last.pt")["training"]["step"] == 4
+
+
+def test_command_txt_keeps_every_command_that_trained_the_experiment(demo_cache, tmp_path):
+    def config(epochs):
+        return TrainConfig(arch="unet", arch_options={"depth": 2, "channels": 4}, epochs=epochs, steps_per_epoch=1,
+                           batch_size=2, segment=1.0, valid_seconds=1.0)
+
+    train(str(demo_cache), tmp_path, config(1), argv=["mss", "train", "--epochs", "1"])
+    train(str(demo_cache), tmp_path, config(1), argv=["mss", "train", "--epochs", "1"])  # finished: nothing to do
+    train(str(demo_cache), tmp_path, config(2), argv=["mss", "train", "--epochs", "2"])
+    assert (tmp_path / "command.txt").read_text().splitlines() == ["mss train --epochs 1", "mss train --epochs 2"]
