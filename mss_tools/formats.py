@@ -61,6 +61,7 @@ class StemScores(TypedDict, total=False):
     ``silent_reference``: the reference is silent (see
     :data:`mss_tools.metrics.SILENT_REFERENCE_DBFS`); the stem then has no metric and no frames.
     ``ill_conditioned``: isr/sir/sar of the stem's joint BSSEval run are numerically unreliable.
+    ``silent_estimate``: the estimate is all zeros; it has usdr/si_sdr but no BSSEval frames (null).
     ``estimate_level_db``: the estimate's energy relative to the reference's (dB; not a metric: the
     collapse check of :func:`mss_tools.metrics.collapse_reasons` reads it).
     """
@@ -75,9 +76,10 @@ class StemScores(TypedDict, total=False):
     estimate_level_db: float | None
     ill_conditioned: bool
     silent_reference: bool
+    silent_estimate: bool
 
 
-STEM_FLAGS = ("ill_conditioned", "silent_reference")
+STEM_FLAGS = ("ill_conditioned", "silent_reference", "silent_estimate")
 # Per-stem numbers that describe the estimate rather than score it: not metrics of the tables.
 STEM_MEASURES = ("estimate_level_db",)
 

@@ -49,7 +49,7 @@ from mss_tools.errors import BadInput, MssError
 from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, collapse_reasons, count_values,
                                estimate_level_db, is_silent, nanmean, nanmedian,
                                si_sdr, usdr)
-from mss_tools.metrics.bsseval import evaluate_track, framewise_sdr
+from mss_tools.metrics.bsseval import evaluate_track, frame_bounds, framewise_sdr
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
 from mss_tools.progress import log, progress_bar
 from mss_tools.runner import TrackFailure, failure_summary, run_tracks
@@ -153,7 +153,11 @@ def evaluation_runs(stems: list[str]) -> list[list[str]]:
 def score_track(folder: Path, references: ReferenceSource, split: str | None, with_museval: bool,
                 backend: str, convention: str = "museval") -> dict[str, Any]:
     """Scores of one track folder: ``{stem: {metric: value, "frames": {...}}}``; a stem whose
-    reference is silent gets ``{"silent_reference": True}`` and is left out of the joint runs."""
+    reference is silent gets ``{"silent_reference": True}`` and is left out of the joint runs. An
+    estimate that is all zeros (the ``silence`` baseline, a collapsed model) is left out of the joint
+    BSSEval runs too and flagged ``silent_estimate``: museval gives every frame of it NaN (and refuses
+    the whole track), here its framewise metrics are null and usdr/si_sdr/estimate_level_db say
+    what it is."""
     estimates, rate = read_estimates(folder)
     refs, ref_rate = references.load(folder.name, list(estimates), split)
     if rate != ref_rate:
@@ -175,7 +179,11 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
                        "estimate_level_db": estimate_level_db(refs[s], estimates[s])} for s in stems})
     frames: dict[str, dict[str, list[float]]] = {}
     if with_museval:
-        runs = [[s for s in run if s not in silent] for run in evaluation_runs(list(estimates))]
+        quiet = {s for s in stems if not np.any(estimates[s])}
+        for stem in quiet:
+            result[stem]["silent_estimate"] = True
+            frames[stem] = {metric: [None] * len(frame_bounds(length, rate, rate)) for metric in FRAMEWISE}
+        runs = [[s for s in run if s not in silent | quiet] for run in evaluation_runs(list(estimates))]
         for run in filter(None, runs):
             scores, conditions = _bsseval(refs, estimates, run, rate, backend)
             for stem, values in scores.items():
@@ -190,10 +198,10 @@ def score_track(folder: Path, references: ReferenceSource, split: str | None, wi
         sdr = framewise_sdr(np.stack([refs[s] for s in stems]), np.stack([estimates[s] for s in stems]), rate)
         frames = {s: {"sdr": sdr[i].tolist()} for i, s in enumerate(stems)}
     for stem in stems:
-        result[stem]["frames"] = {m: [None if not np.isfinite(v) else float(v) for v in values]
+        result[stem]["frames"] = {m: [None if v is None or not np.isfinite(v) else float(v) for v in values]
                                   for m, values in frames[stem].items()}
         for metric, values in frames[stem].items():
-            result[stem][metric] = nanmedian(np.array(values, dtype=np.float64))
+            result[stem][metric] = nanmedian(values)  # +inf frames (perfect) count, as in museval
         if result[stem].get("ill_conditioned"):
             log.warning("%s/%s: a reference of its joint evaluation is ill-conditioned (band-limited, mono or "
                         "near-silent); isr/sir/sar are unstable there, in museval too: trust sdr", folder.name, stem)

@@ -177,6 +177,26 @@ def test_silence_baseline_scores_0_db_usdr_and_undefined_frame_sdr(demo_cache, t
             assert values["frames"]["sdr"] == [None] * (cache.length("test", track) // 8000)
 
 
+def test_silence_baseline_with_museval_is_scored_and_flagged_not_refused(demo_cache, tmp_path):
+    """museval refuses a track with an all-zero estimate; mss scores the other stems jointly and gives the
+    silent one null BSSEval frames, a silent_estimate flag and the collapse check's verdict."""
+    preds = tmp_path / "silence"
+    assert CliRunner().invoke(main, ["separate", "silence", str(demo_cache), "--split", "test",
+                                     "-o", str(preds)]).exit_code == 0
+    scores = tmp_path / "silence.json"
+    result = CliRunner().invoke(main, ["score", str(preds), "--museval", "-o", str(scores)])
+    assert result.exit_code == 0, result.output
+    document = json.loads(scores.read_text())
+    cache = StemCache(demo_cache)
+    for track in cache.tracks("test"):
+        for stem in cache.sources:
+            values = document["tracks"][track][stem]
+            assert values["silent_estimate"] is True and values["usdr"] == 0.0
+            assert all(values[m] is None for m in ("sdr", "isr", "sir", "sar"))
+            assert values["frames"]["sar"] == [None] * (cache.length("test", track) // 8000)
+    assert sorted(document["collapsed"]) == sorted(cache.sources)
+
+
 def test_museval_accompaniment_convention_and_joint_runs(demo_cache, tmp_path):
     from mss_tools.scoring import evaluation_runs
 
