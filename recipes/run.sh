@@ -8,9 +8,11 @@
 #   5 control     no curriculum: stage 3 only, the same total steps -> $exp/<arch>/control
 #   6 separate    the test split with s3 and the control -> $exp/<arch>/preds/
 #   7 score       BSSEval v4 (--museval) -> $exp/scores/<arch>.json, <arch>_nocurriculum.json
-#   8 summary     the mixture baseline (once scored) vs curriculum vs control -> $exp/<arch>/summary/RESULTS.md
-# --arch mixture is that baseline, every stem estimated as the mixture: stages 0, 6 and 7 only, scored
-# to $exp/scores/mixture.json (run_all.sh runs it once, before the architectures).
+#   8 summary     the baselines (once scored) vs curriculum vs control -> $exp/<arch>/summary/RESULTS.md
+# --arch mixture and --arch silence are the baselines, every stem estimated as the mixture or as
+# silence (a model that separates must beat both: silence scores about 0 dB sdr, above the
+# mixture): stages 0, 6 and 7 only, scored to $exp/scores/<baseline>.json (run_all.sh runs them
+# once, before the architectures).
 # Training options come from recipes/conf/<preset>/<arch>.json (presets: demo for CPU minutes, lite for a
 # 4 GB GPU at 22.05 kHz, paper for the published setups at 44.1 kHz, tiny for smoke tests), resolved by
 # mss train --print-config (the conf, then the defaults of mss train and of the architecture).
@@ -19,7 +21,7 @@
 # every call appends its command line to $exp/<arch>/command.txt.
 set -euo pipefail
 
-arch=unet                   # architecture (mss train --arch), or mixture: the baseline
+arch=unet                   # architecture (mss train --arch), or a baseline: mixture, silence
 preset=demo                 # the training confs: recipes/conf/<preset>/ (demo, lite, paper, tiny)
 exp=exp/demo                # the study's folder
 musdb=                      # MUSDB18 or MUSDB18-HQ root; empty: the built-in synthetic demo corpus
@@ -41,8 +43,9 @@ mss="python -m mss_tools"   # the mss command
 . "$(dirname "$0")/utils/log.sh"
 
 conf="$(dirname "$0")/conf/$preset/$arch.json"
-if [ "$arch" != mixture ] && [ ! -f "$conf" ]; then
-  echo "$0: no config $conf (architectures: unet unet_lite demucs_lstm demucs_attn bsrnn bsrnn_se, or mixture; presets: demo lite paper tiny)" >&2
+case $arch in mixture|silence) baseline=true ;; *) baseline=false ;; esac
+if [ $baseline = false ] && [ ! -f "$conf" ]; then
+  echo "$0: no config $conf (architectures: unet unet_lite demucs_lstm demucs_attn bsrnn bsrnn_se, or the baselines mixture, silence; presets: demo lite paper tiny)" >&2
   exit 2
 fi
 if [ -z "$sample_rate" ]; then
@@ -55,10 +58,10 @@ cache=$exp/data/cache_${sample_rate}.h5
 dir=$exp/$arch
 logs=$dir/logs
 mkdir -p "$logs" "$exp/scores"
-if [ "$arch" = mixture ]; then
-  runs=(mixture)
+if [ $baseline = true ]; then
+  runs=("$arch")
   record_command "$dir/command.txt"
-  log "mixture baseline on ${data_src} at ${sample_rate} Hz"
+  log "$arch baseline on ${data_src} at ${sample_rate} Hz"
 else
   runs=(s3); [ "$control" = true ] && runs+=(control)
   record_command "$dir/command.txt" "conf $conf"
@@ -83,7 +86,7 @@ if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
     --demo-tracks "$demo_tracks" --demo-duration "$demo_duration" "$data_src" "$cache"
 fi
 
-if [ "$arch" != mixture ]; then
+if [ $baseline = false ]; then
   if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
     log "Stage 1: mix plans of curriculum stages 1, 2, 3 ($examples examples of ${segment}s) -> $dir/plans/"
     for s in 1 2 3; do  # mss remix keeps a plan drawn from the same cache with the same options
@@ -119,7 +122,7 @@ fi
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "Stage 6: separate the test split with ${runs[*]} -> $dir/preds/"
   for run in "${runs[@]}"; do
-    if [ "$run" = mixture ]; then model=(mixture); else model=("$dir/$run/best.pt" --device "$device"); fi
+    if [ $baseline = true ]; then model=("$run"); else model=("$dir/$run/best.pt" --device "$device"); fi
     run_step "$logs/6_separate_$run.log" $mss separate "${model[@]}" "$cache" --split test -o "$dir/preds/$run"
   done
 fi
@@ -134,9 +137,10 @@ if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   done
 fi
 
-if [ $stage -le 8 ] && [ $stop_stage -ge 8 ] && [ "$arch" != mixture ]; then
-  log "Stage 8: summary of ${runs[*]} and the mixture baseline -> $dir/summary/RESULTS.md"
-  files=(); [ -f "$exp/scores/mixture.json" ] && files+=("$exp/scores/mixture.json")
+if [ $stage -le 8 ] && [ $stop_stage -ge 8 ] && [ $baseline = false ]; then
+  log "Stage 8: summary of ${runs[*]} and the baselines -> $dir/summary/RESULTS.md"
+  files=()
+  for name in mixture silence; do [ -f "$exp/scores/$name.json" ] && files+=("$exp/scores/$name.json"); done
   for run in "${runs[@]}"; do files+=("$exp/scores/$(score_name "$run").json"); done
   run_step "$logs/8_summary.log" $mss compare "${files[@]}" -o "$dir/summary" --no-listening
   log "summary: $dir/summary/RESULTS.md"

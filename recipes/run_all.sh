@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole study: the mixture baseline and every architecture through recipes/run.sh (prep,
+# The whole study: the mixture and silence baselines and every architecture through recipes/run.sh (prep,
 # curriculum stages 1->2->3 with warm starts, a no-curriculum control, separation, BSSEval v4
 # scoring), then one comparison of every run: $exp/report/{RESULTS.md,results.csv,index.html} and $exp/RESULTS.md.
 #
@@ -12,7 +12,7 @@
 #   bash recipes/run_all.sh --archs "bsrnn bsrnn_se" --stage 6
 set -euo pipefail
 
-archs="unet unet_lite demucs_lstm demucs_attn bsrnn bsrnn_se"  # architectures, run after the mixture baseline
+archs="unet unet_lite demucs_lstm demucs_attn bsrnn bsrnn_se"  # architectures, run after the mixture and silence baselines
 FORWARD_TO=$(dirname "$0")/run.sh
 
 . "$(dirname "$0")/utils/parse_options.sh"
@@ -24,7 +24,7 @@ case " ${forwarded_options[*]-} " in *" --arch "*) echo "$0: choose the architec
 mkdir -p "$exp/logs"
 record_command "$exp/command.txt"
 started=$(date +%s)
-for arch in mixture $archs; do
+for arch in mixture silence $archs; do
   log "=== $arch ==="
   bash "$FORWARD_TO" --arch "$arch" ${forwarded_options[@]+"${forwarded_options[@]}"}
 done
@@ -33,7 +33,7 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "Stage 9: compare every run of the study -> $exp/report/, $exp/RESULTS.md"
   # this run's architectures first, then every other score file of the study already in $exp/scores,
   # so that rerunning a subset (--archs unet --stage 6) does not shrink the study's report
-  files=("$exp/scores/mixture.json")
+  files=("$exp/scores/mixture.json" "$exp/scores/silence.json")
   for arch in $archs; do
     files+=("$exp/scores/$arch.json")
     [ "$control" = true ] && files+=("$exp/scores/${arch}_nocurriculum.json")

@@ -26,7 +26,7 @@ def test_run_all_then_rerun_then_stage(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     results = (exp / "RESULTS.md").read_text()
     assert "### vocals" in results and "| unet |" in results and "| unet_nocurriculum |" in results
-    assert "| mixture |" in results
+    assert "| mixture |" in results and "| silence |" in results and "Collapse check: silence/" in results
     logs = exp / "unet" / "logs"
     for step in ("0_prep", "1_remix_s1", "2_train_s1", "3_train_s2", "4_train_s3", "5_train_control",
                  "6_separate_s3", "7_score_s3", "8_summary"):
@@ -96,7 +96,7 @@ def _stub_mss(tmp_path):
     return f"python3 {tmp_path / 'stub.py'} {tmp_path / 'calls.txt'}", tmp_path / "calls.txt"
 
 
-def test_run_all_forwards_options_and_runs_the_mixture_baseline_once(tmp_path):
+def test_run_all_forwards_options_and_runs_each_baseline_once(tmp_path):
     mss, calls = _stub_mss(tmp_path)
     result = run_recipe("run_all.sh", "--archs", "unet unet_lite", "--exp", tmp_path / "exp", "--preset", "tiny",
                         "--jobs", "1", "--museval", "false", "--device", "cpu", "--mss", mss, cwd=tmp_path)
@@ -105,7 +105,10 @@ def test_run_all_forwards_options_and_runs_the_mixture_baseline_once(tmp_path):
     assert [line for line in lines if line.startswith("separate mixture")] == \
         [f"separate mixture {tmp_path}/exp/data/cache_8000.h5 --split test -o {tmp_path}/exp/mixture/preds/mixture"]
     assert sum(line.startswith("score") and "mixture" in line for line in lines) == 1
-    assert sum(line.startswith("prep") for line in lines) == 3 and all(
+    assert [line for line in lines if line.startswith("separate silence")] == \
+        [f"separate silence {tmp_path}/exp/data/cache_8000.h5 --split test -o {tmp_path}/exp/silence/preds/silence"]
+    assert sum(line.startswith("score") and "silence" in line for line in lines) == 1
+    assert sum(line.startswith("prep") for line in lines) == 4 and all(
         " -j 1 " in line for line in lines if line.startswith(("prep", "score")))
     assert not any("--museval" in line for line in lines)
     for arch in ("unet", "unet_lite"):
@@ -117,7 +120,7 @@ def test_run_all_forwards_options_and_runs_the_mixture_baseline_once(tmp_path):
             [(True, False, True)] * 3 + [(False, True, True)]
         assert sum(line.startswith("separate") and f"/exp/{arch}/" in line for line in lines) == 2
     stages = [line.split("Stage ")[1].split(":")[0] for line in result.stderr.splitlines() if "] Stage " in line]
-    assert stages == ["0", "6", "7"] + ["0", "1", "2", "3", "4", "5", "6", "7", "8"] * 2 + ["9"]
+    assert stages == ["0", "6", "7"] * 2 + ["0", "1", "2", "3", "4", "5", "6", "7", "8"] * 2 + ["9"]
 
 
 def test_command_txt_gets_one_line_per_call(tmp_path):
