@@ -27,6 +27,7 @@ exp=exp/demo                # the study's folder
 musdb=                      # MUSDB18 or MUSDB18-HQ root; empty: the built-in synthetic demo corpus
 sample_rate=                # cache sample rate; empty: the preset's (tiny 8000, demo 16000, lite 22050, paper 44100)
 targets=all                 # sources to separate, comma-separated, or all
+loss=                       # one loss for every architecture (a common-loss control, e.g. l1_wave); empty: each its paper's
 stage=0                     # first stage to run
 stop_stage=100              # last stage to run
 control=true                # also train and score the no-curriculum control (stage 5)
@@ -52,6 +53,7 @@ if [ -z "$sample_rate" ]; then
   case $preset in tiny) sample_rate=8000 ;; demo) sample_rate=16000 ;; lite) sample_rate=22050 ;; *) sample_rate=44100 ;; esac
 fi
 target_opt=(); [ "$targets" != all ] && target_opt=(--targets "$targets")
+[ -n "$loss" ] && target_opt+=(--loss "$loss")
 if [ -n "$musdb" ]; then data_src=$musdb; else data_src=demo; fi
 
 cache=$exp/data/cache_${sample_rate}.h5

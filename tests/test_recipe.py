@@ -27,6 +27,7 @@ def test_run_all_then_rerun_then_stage(tmp_path):
     results = (exp / "RESULTS.md").read_text()
     assert "### vocals" in results and "| unet |" in results and "| unet_nocurriculum |" in results
     assert "| mixture |" in results and "| silence |" in results and "Collapse check: silence/" in results
+    assert "Every trained model used the same loss, l1_magnitude" in results
     logs = exp / "unet" / "logs"
     for step in ("0_prep", "1_remix_s1", "2_train_s1", "3_train_s2", "4_train_s3", "5_train_control",
                  "6_separate_s3", "7_score_s3", "8_summary"):
@@ -121,6 +122,15 @@ def test_run_all_forwards_options_and_runs_each_baseline_once(tmp_path):
         assert sum(line.startswith("separate") and f"/exp/{arch}/" in line for line in lines) == 2
     stages = [line.split("Stage ")[1].split(":")[0] for line in result.stderr.splitlines() if "] Stage " in line]
     assert stages == ["0", "6", "7"] * 2 + ["0", "1", "2", "3", "4", "5", "6", "7", "8"] * 2 + ["9"]
+
+
+def test_one_loss_for_every_architecture_is_a_recipe_option(tmp_path):
+    mss, calls = _stub_mss(tmp_path)
+    result = run_recipe("run_all.sh", "--archs", "unet bsrnn", "--exp", tmp_path / "exp", "--preset", "tiny",
+                        "--jobs", "1", "--loss", "l1_wave", "--mss", mss, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trains = [line for line in calls.read_text().splitlines() if line.startswith("train")]
+    assert len(trains) == 2 * 5 and all("--loss l1_wave" in line for line in trains)  # print-config + 4 trainings
 
 
 def test_command_txt_gets_one_line_per_call(tmp_path):

@@ -20,7 +20,7 @@ from mss_tools.progress import log
 from mss_tools.report import html, plots, stats
 from mss_tools.report import listening as listening_module
 from mss_tools.report.runs import Run, label_of, load_runs, load_scores, run_of
-from mss_tools.report.tables import (MODELS_COLUMNS, collapse_note, csv_text, ill_conditioned_note, markdown_tables, model_rows,
+from mss_tools.report.tables import (MODELS_COLUMNS, collapse_note, csv_text, loss_note, ill_conditioned_note, markdown_tables, model_rows,
                                      silent_reference_note, table_rows, track_set_warning)
 
 __all__ = ["compare", "markdown_summary", "load_runs", "load_scores", "label_of", "table_rows", "markdown_tables",
@@ -47,7 +47,7 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
         raise BadInput(f"--bootstrap must be 0 or more, not {bootstrap}")
     runs = load_runs(paths)
     rows = table_rows(runs)
-    notes = [n for n in (collapse_note(runs), track_set_warning(runs), silent_reference_note(runs),
+    notes = [n for n in (collapse_note(runs), loss_note(runs), track_set_warning(runs), silent_reference_note(runs),
                          ill_conditioned_note(runs)) if n]
     comparisons = stats.all_pairs(runs, bootstrap, seed) if len(runs) > 1 else []
     text = markdown_tables(rows, {run.label: run.info for run in runs})

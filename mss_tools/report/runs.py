@@ -71,6 +71,7 @@ class ModelInfo:
     arch: str | None = None
     checkpoint: str | None = None
     num_parameters: int | None = None
+    loss: str | None = None
     speed: float | None = None
     device: str | None = None
 
@@ -200,6 +201,8 @@ def model_info(document: dict[str, Any], manifest: dict[str, Any]) -> ModelInfo:
         count = provenance.get("num_parameters")
         if isinstance(count, (int, float)) and not isinstance(count, bool) and count >= 0:
             info.num_parameters = int(count)
+        loss = _read_json(Path(info.checkpoint).parent / "config.json").get("loss")
+        info.loss = loss if isinstance(loss, str) else None
     info.speed, info.device = separation_speed(manifest)
     return info
 

@@ -19,7 +19,7 @@ from mss_tools.metrics import collapse_reasons
 from mss_tools.report.runs import ModelInfo, Run, metric_sort_key
 
 RESULTS_COLUMNS = ["source", "model", "metric", "median", "mean", "tracks"]
-MODELS_COLUMNS = ["model", "arch", "num_parameters", "speed_x_realtime", "device", "checkpoint", "scores"]
+MODELS_COLUMNS = ["model", "arch", "num_parameters", "loss", "speed_x_realtime", "device", "checkpoint", "scores"]
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float, int]:
@@ -166,6 +166,18 @@ def collapse_note(runs: Sequence[Run]) -> str | None:
             f"above the mixture; these rows do not separate, whatever their sdr says.")
 
 
+def loss_note(runs: Sequence[Run]) -> str | None:
+    """A sentence naming the loss each trained model used (from config.json beside its checkpoint), or ``None``."""
+    losses = {run.label: run.info.loss for run in runs if run.info.loss}
+    if not losses:
+        return None
+    if len(set(losses.values())) == 1:
+        return f"Every trained model used the same loss, {next(iter(losses.values()))} (a common-loss comparison)."
+    named = ", ".join(f"{label} {loss}" for label, loss in losses.items())
+    return (f"Losses: {named}. Each architecture trained with its own paper's loss, so differences between "
+            "architectures are also differences of loss; `run_all.sh --loss NAME` trains every one with the same.")
+
+
 def track_set_warning(runs: Sequence[Run]) -> str | None:
     """A sentence when the runs were scored on different track sets, else ``None``."""
     sets = {run.label: set(run.tracks) for run in runs}
@@ -188,5 +200,5 @@ def csv_text(rows: list[dict[str, Any]], columns: Sequence[str] = RESULTS_COLUMN
 def model_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """One row per model: what is known about it (``None`` where unknown)."""
     return [{"model": run.label, "arch": run.info.arch, "num_parameters": run.info.num_parameters,
-             "speed_x_realtime": run.info.speed, "device": run.info.device, "checkpoint": run.info.checkpoint,
+             "loss": run.info.loss, "speed_x_realtime": run.info.speed, "device": run.info.device, "checkpoint": run.info.checkpoint,
              "scores": str(run.path)} for run in runs]
