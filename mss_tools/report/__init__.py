@@ -17,7 +17,7 @@ from typing import Sequence
 from mss_tools.errors import BadInput
 from mss_tools.outputs import OutputLock, is_temp_name, sweep_temps, write_text
 from mss_tools.progress import log
-from mss_tools.report import html, plots, stats
+from mss_tools.report import html, plots, questions, stats
 from mss_tools.report import listening as listening_module
 from mss_tools.report.runs import Run, label_of, load_runs, load_scores, run_of
 from mss_tools.report.tables import (MODELS_COLUMNS, collapse_note, csv_text, loss_note, ill_conditioned_note, markdown_tables, model_rows,
@@ -50,7 +50,8 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
     notes = [n for n in (collapse_note(runs), loss_note(runs), track_set_warning(runs), silent_reference_note(runs),
                          ill_conditioned_note(runs)) if n]
     comparisons = stats.all_pairs(runs, bootstrap, seed) if len(runs) > 1 else []
-    text = markdown_tables(rows, {run.label: run.info for run in runs})
+    found = questions.answers(runs, bootstrap, seed)
+    text = questions.markdown(found) + markdown_tables(rows, {run.label: run.info for run in runs})
     if notes:
         text += "\n" + "\n\n".join(notes) + "\n"
     if len(runs) > 1:
@@ -61,8 +62,8 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
     with OutputLock(Path(output), "compare"):
         _check_report_folder(Path(output), force)
         sweep_temps(output)
-        _write_report(Path(output), runs, rows, notes, comparisons, text, listening, excerpt_seconds, excerpts,
-                      bootstrap, seed)
+        _write_report(Path(output), runs, rows, notes, comparisons, found, text, listening, excerpt_seconds,
+                      excerpts, bootstrap, seed)
     return text
 
 
@@ -81,8 +82,8 @@ def _check_report_folder(folder: Path, force: bool) -> None:
                        f"(or --force to write into it)")
 
 
-def _write_report(folder: Path, runs, rows, notes, comparisons, text: str, listening: bool, excerpt_seconds: float,
-                  excerpts: int, bootstrap: int, seed: int) -> None:
+def _write_report(folder: Path, runs, rows, notes, comparisons, found, text: str, listening: bool,
+                  excerpt_seconds: float, excerpts: int, bootstrap: int, seed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "results.csv", csv_text(rows))
     write_text(folder / "models.csv", csv_text(model_rows(runs), MODELS_COLUMNS))
@@ -97,7 +98,8 @@ def _write_report(folder: Path, runs, rows, notes, comparisons, text: str, liste
     if listening:
         log.info("choosing and rendering listening excerpts")
         clips = listening_module.build(runs, excerpt_seconds, excerpts)
-    page = html.render(runs, rows, notes, comparisons, bootstrap, seed, figures, folder, clips, excerpt_seconds)
+    page = html.render(runs, rows, notes, comparisons, bootstrap, seed, figures, folder, clips, excerpt_seconds,
+                       found)
     write_text(folder / "index.html", page)
     log.info("wrote %s", folder / "index.html")
 

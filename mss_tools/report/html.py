@@ -16,6 +16,7 @@ from mss_tools.report import stats as stats_module
 from mss_tools.report.excerpts import CATEGORIES
 from mss_tools.report.listening import DB_RANGE, Listening
 from mss_tools.report.plots import Plot
+from mss_tools.report.questions import Answer
 from mss_tools.report.runs import Run
 from mss_tools.report.tables import fmt_db, fmt_speed, grid
 
@@ -64,6 +65,24 @@ def _table(header: Sequence[tuple[str, bool]], body: Sequence[Sequence[tuple[str
     rows = "".join("<tr>" + "".join(f'<td class="{c}">{escape(t)}</td>' if c else f"<td>{escape(t)}</td>"
                                     for t, c in row) + "</tr>" for row in body)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>'
+
+
+def answers_section(found: Sequence[Answer]) -> str:
+    """The research questions' answers, first on the page (see :mod:`mss_tools.report.questions`)."""
+    if not found:
+        return ""
+    items = []
+    for answer in found:
+        q = answer.question
+        items.append(f"<li><b>{escape(q.key)}</b> {escape(q.text)} {escape(answer.model_a)} − "
+                     f"{escape(answer.model_b)} ({escape(', '.join(answer.sources))}): "
+                     f"{stats_module.fmt_signed(answer.mean_diff)} dB sdr, 95% CI "
+                     f"[{stats_module.fmt_signed(answer.ci_low)}, {stats_module.fmt_signed(answer.ci_high)}], "
+                     f"Holm p {stats_module.fmt_p(answer.p_holm)}, d_z {stats_module.fmt_signed(answer.effect_size)}, "
+                     f"n = {answer.n} tracks × 1 seed: <b>{escape(answer.verdict)}</b></li>")
+    return ('<h2 id="answers">Answers</h2><ul class="answers">' + "".join(items) + "</ul>"
+            '<p class="note">Planned comparisons: per-track sdr differences (mean over the sources named), '
+            "percentile-bootstrap CI, Wilcoxon p with Holm's correction over these comparisons.</p>")
 
 
 def models_section(runs: Sequence[Run]) -> str:
@@ -187,16 +206,17 @@ def listening_section(listening: Listening | None, seconds: float) -> str:
 
 def render(runs: Sequence[Run], rows: list[dict[str, Any]], notes: Sequence[str],
            comparisons: Sequence[stats_module.PairedComparison], resamples: int, seed: int,
-           plots: Sequence[Plot], base, listening: Listening | None, seconds: float) -> str:
+           plots: Sequence[Plot], base, listening: Listening | None, seconds: float,
+           found: Sequence[Answer] = ()) -> str:
     """The whole page as one string; ``base``: the folder the page is written to (for relative SVG links)."""
     labels = ", ".join(run.label for run in runs)
     nav = "".join(f'<a href="#{anchor}">{title}</a>' for anchor, title in
-                  (("models", "Models"), ("results", "Results"), ("statistics", "Statistics"), ("plots", "Plots"),
+                  (("answers", "Answers"), ("models", "Models"), ("results", "Results"), ("statistics", "Statistics"), ("plots", "Plots"),
                    ("listening", "Listening")))
     body = "".join([
         f"<h1>Model comparison</h1><p class=\"meta\">{len(runs)} models: {escape(labels)} · mss compare "
         f"{escape(__version__)}</p><nav>{nav}</nav>",
-        models_section(runs), results_section(rows, notes), statistics_section(comparisons, resamples, seed),
+        answers_section(found), models_section(runs), results_section(rows, notes), statistics_section(comparisons, resamples, seed),
         plots_section(plots, base), listening_section(listening, seconds),
     ])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
