@@ -31,6 +31,7 @@ loss=                       # one loss for every architecture (a common-loss con
 stage=0                     # first stage to run
 stop_stage=100              # last stage to run
 control=true                # also train and score the no-curriculum control (stage 5)
+seeds=1                     # training seeds; N > 1: seed k trains in $exp/<arch>/seed<k>/ and scores as <model>.seed<k>.json
 museval=true                # also score isr/sir/sar (mss score --museval)
 jobs=2                      # parallel jobs of prep and score
 device=auto                 # device of training and separation: auto, cpu, cuda, cuda:1 ...
@@ -65,7 +66,9 @@ if [ $baseline = true ]; then
   record_command "$dir/command.txt"
   log "$arch baseline on ${data_src} at ${sample_rate} Hz"
 else
-  runs=(s3); [ "$control" = true ] && runs+=(control)
+  seed_dirs=(""); [ "$seeds" -gt 1 ] && seed_dirs=($(for k in $(seq 1 "$seeds"); do echo "seed$k/"; done))
+  runs=()
+  for sd in "${seed_dirs[@]}"; do runs+=("${sd}s3"); [ "$control" = true ] && runs+=("${sd}control"); done
   record_command "$dir/command.txt" "conf $conf"
   cp "$conf" "$dir/conf.json"
   if [ $stage -le 5 ] && [ $stop_stage -ge 1 ]; then
@@ -91,50 +94,63 @@ fi
 if [ $baseline = false ]; then
   if [ $stage -le 1 ] && [ $stop_stage -ge 1 ]; then
     log "Stage 1: mix plans of curriculum stages 1, 2, 3 ($examples examples of ${segment}s) -> $dir/plans/"
-    for s in 1 2 3; do  # mss remix keeps a plan drawn from the same cache with the same options
-      run_step "$logs/1_remix_s$s.log" $mss remix "$cache" "$dir/plans/s$s.h5" --target "$targets" --stage $s \
-        --segment "$segment" --examples "$examples" --seed $s
+    k=0
+    for sd in "${seed_dirs[@]}"; do  # mss remix keeps a plan drawn from the same cache with the same options
+      k=$((k + 1))
+      for s in 1 2 3; do
+        run_step "$logs/1_remix_${sd//\//_}s$s.log" $mss remix "$cache" "$dir/plans/${sd}s$s.h5" --target "$targets" \
+          --stage $s --segment "$segment" --examples "$examples" --seed $((s + 100 * (k - 1)))
+      done
     done
   fi
 
-  train_stage() {  # train_stage STEP NAME PLAN EPOCHS [INIT]
-    local step=$1 name=$2 plan=$3 n_epochs=$4 init=${5:-}
+  train_stage() {  # train_stage STEP NAME PLAN EPOCHS SEED [INIT]
+    local step=$1 name=$2 plan=$3 n_epochs=$4 k=$5 init=${6:-}
     local init_opt=(); [ -n "$init" ] && init_opt=(--init "$init")
-    run_step "$logs/${step}_train_$name.log" $mss train --config "$conf" "${target_opt[@]}" --plan "$plan" \
-      --epochs "$n_epochs" --device "$device" "${init_opt[@]}" -o "$dir/$name" "$cache"
+    local seed_opt=(); [ "$seeds" -gt 1 ] && seed_opt=(--seed "$k")
+    run_step "$logs/${step}_train_${name//\//_}.log" $mss train --config "$conf" "${target_opt[@]}" --plan "$plan" \
+      --epochs "$n_epochs" --device "$device" "${seed_opt[@]}" "${init_opt[@]}" -o "$dir/$name" "$cache"
   }
-  if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
-    log "Stage 2: train curriculum stage 1 (target + 1 distractor) -> $dir/s1"
-    train_stage 2 s1 "$dir/plans/s1.h5" "$epochs"
-  fi
-  if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
-    log "Stage 3: train curriculum stage 2 (target + 2 distractors), warm start from s1 -> $dir/s2"
-    train_stage 3 s2 "$dir/plans/s2.h5" "$epochs" "$dir/s1/best.pt"
-  fi
-  if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
-    log "Stage 4: train curriculum stage 3 (full mixtures), warm start from s2 -> $dir/s3"
-    train_stage 4 s3 "$dir/plans/s3.h5" "$epochs" "$dir/s2/best.pt"
-  fi
-  if [ $stage -le 5 ] && [ $stop_stage -ge 5 ] && [ "$control" = true ]; then
-    log "Stage 5: train the no-curriculum control (full mixtures, the same total steps) -> $dir/control"
-    train_stage 5 control "$dir/plans/s3.h5" $((3 * epochs))
-  fi
+  k=0
+  for sd in "${seed_dirs[@]}"; do
+    k=$((k + 1))
+    if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
+      log "Stage 2: train curriculum stage 1 (target + 1 distractor) -> $dir/${sd}s1"
+      train_stage 2 "${sd}s1" "$dir/plans/${sd}s1.h5" "$epochs" $k
+    fi
+    if [ $stage -le 3 ] && [ $stop_stage -ge 3 ]; then
+      log "Stage 3: train curriculum stage 2 (target + 2 distractors), warm start from s1 -> $dir/${sd}s2"
+      train_stage 3 "${sd}s2" "$dir/plans/${sd}s2.h5" "$epochs" $k "$dir/${sd}s1/best.pt"
+    fi
+    if [ $stage -le 4 ] && [ $stop_stage -ge 4 ]; then
+      log "Stage 4: train curriculum stage 3 (full mixtures), warm start from s2 -> $dir/${sd}s3"
+      train_stage 4 "${sd}s3" "$dir/plans/${sd}s3.h5" "$epochs" $k "$dir/${sd}s2/best.pt"
+    fi
+    if [ $stage -le 5 ] && [ $stop_stage -ge 5 ] && [ "$control" = true ]; then
+      log "Stage 5: train the no-curriculum control (full mixtures, the same total steps) -> $dir/${sd}control"
+      train_stage 5 "${sd}control" "$dir/plans/${sd}s3.h5" $((3 * epochs)) $k
+    fi
+  done
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "Stage 6: separate the test split with ${runs[*]} -> $dir/preds/"
   for run in "${runs[@]}"; do
     if [ $baseline = true ]; then model=("$run"); else model=("$dir/$run/best.pt" --device "$device"); fi
-    run_step "$logs/6_separate_$run.log" $mss separate "${model[@]}" "$cache" --split test -o "$dir/preds/$run"
+    run_step "$logs/6_separate_${run//\//_}.log" $mss separate "${model[@]}" "$cache" --split test -o "$dir/preds/$run"
   done
 fi
 
-score_name() { case $1 in s3) echo "$arch" ;; control) echo "${arch}_nocurriculum" ;; *) echo "$1" ;; esac; }
+score_name() {  # s3 -> <arch>, control -> <arch>_nocurriculum; seed<k>/... adds .seed<k>
+  local seed="" name=$1
+  case $1 in seed*/*) seed=".${1%%/*}"; name=${1#*/} ;; esac
+  case $name in s3) echo "$arch$seed" ;; control) echo "${arch}_nocurriculum$seed" ;; *) echo "$name$seed" ;; esac
+}
 if [ $stage -le 7 ] && [ $stop_stage -ge 7 ]; then
   log "Stage 7: score ${runs[*]} -> $exp/scores/"
   museval_flag=(); [ "$museval" = true ] && museval_flag=(--museval)
   for run in "${runs[@]}"; do
-    run_step "$logs/7_score_$run.log" $mss score "$dir/preds/$run" "${museval_flag[@]}" -j "$jobs" \
+    run_step "$logs/7_score_${run//\//_}.log" $mss score "$dir/preds/$run" "${museval_flag[@]}" -j "$jobs" \
       -o "$exp/scores/$(score_name "$run").json"
   done
 fi

@@ -35,8 +35,10 @@ if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   # so that rerunning a subset (--archs unet --stage 6) does not shrink the study's report
   files=("$exp/scores/mixture.json" "$exp/scores/silence.json")
   for arch in $archs; do
-    files+=("$exp/scores/$arch.json")
-    [ "$control" = true ] && files+=("$exp/scores/${arch}_nocurriculum.json")
+    for f in "$exp/scores/$arch.json" "$exp/scores/$arch".seed*.json "$exp/scores/${arch}_nocurriculum.json" \
+             "$exp/scores/${arch}_nocurriculum".seed*.json; do
+      [ -f "$f" ] && files+=("$f")
+    done
   done
   for f in "$exp"/scores/*.json; do
     [ -f "$f" ] || continue

@@ -66,3 +66,27 @@ def test_q2_is_about_drums(tmp_path):
     result = CliRunner().invoke(main, ["compare", *map(str, files)])
     line = next(line for line in result.output.splitlines() if line.startswith("- **Q2**"))
     assert "(drums)" in line and "-1.00 dB sdr" in line and "**demucs_lstm better**" in line
+
+
+def test_seeds_of_a_model_are_compared_as_one_with_their_spread(tmp_path):
+    rng = np.random.default_rng(2)
+    tracks = [f"t{i:02d}" for i in range(10)]
+    base = {t: {s: rng.normal(4, 1) for s in SOURCES} for t in tracks}
+    seeds = [{t: {s: v + 1.0 + k + rng.normal(0, 0.1) for s, v in stems.items()} for t, stems in base.items()}
+             for k in range(3)]
+    files = [write_scores(tmp_path / "unet.json", base)]
+    files += [write_scores(tmp_path / f"demucs_lstm.seed{k + 1}.json", seeds[k]) for k in range(3)]
+    result = CliRunner().invoke(main, ["compare", *map(str, files)])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "| demucs_lstm |" in out and ".seed" not in out.split("## Paired statistics")[0].split("Seeds:")[0]
+    per_track = np.array([np.mean([np.mean([seeds[k][t][s] for k in range(3)]) - base[t][s] for s in SOURCES])
+                          for t in tracks])
+    line = next(line for line in out.splitlines() if line.startswith("- **Q1**"))
+    assert f"{per_track.mean():+.2f} dB sdr" in line and "n = 10 tracks × 1 seed" in line  # unet has one seed
+    medians = [np.median([seeds[k][t]["vocals"] for t in tracks]) for k in range(3)]
+    note = next(line for line in out.splitlines() if line.startswith("Seeds:"))
+    assert "demucs_lstm 3 seeds" in note and f"vocals {np.std(medians, ddof=1):.2f}" in note
+    vocals_row = next(line for line in out.splitlines() if line.startswith("| demucs_lstm |"))
+    expected = np.median([np.mean([seeds[k][t]["vocals"] for k in range(3)]) for t in tracks])
+    assert f"{expected:.2f}" in vocals_row

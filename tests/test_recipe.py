@@ -133,6 +133,27 @@ def test_one_loss_for_every_architecture_is_a_recipe_option(tmp_path):
     assert len(trains) == 2 * 5 and all("--loss l1_wave" in line for line in trains)  # print-config + 4 trainings
 
 
+def test_seeds_train_score_and_compare_each_seed(tmp_path):
+    mss, calls = _stub_mss(tmp_path)
+    result = run_recipe("run_all.sh", "--archs", "unet", "--exp", tmp_path / "exp", "--preset", "tiny", "--jobs", "1",
+                        "--seeds", "2", "--mss", mss, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = calls.read_text().splitlines()
+    trains = [line for line in lines if line.startswith("train") and " -o " in line]
+    for k in (1, 2):
+        mine = [line for line in trains if f"/exp/unet/seed{k}/" in line.split(" -o ")[1]]
+        assert len(mine) == 4 and all(f"--seed {k}" in line for line in mine)
+        assert any(f"--plan {tmp_path}/exp/unet/plans/seed{k}/s1.h5" in line for line in mine)
+    remixes = [line for line in lines if line.startswith("remix")]
+    assert sorted(int(line.split("--seed ")[1]) for line in remixes) == [1, 2, 3, 101, 102, 103]
+    scores = [line.split(" -o ")[1] for line in lines if line.startswith("score")]
+    assert sorted(s.rsplit("/", 1)[1] for s in scores) == sorted([
+        "mixture.json", "silence.json", "unet.seed1.json", "unet.seed2.json", "unet_nocurriculum.seed1.json",
+        "unet_nocurriculum.seed2.json"])
+    summary = next(line for line in lines if line.startswith("compare") and "/exp/unet/summary" in line)
+    assert all(f"/exp/scores/{name}.json" in summary for name in ("unet.seed1", "unet.seed2", "unet_nocurriculum.seed2"))
+
+
 def test_command_txt_gets_one_line_per_call(tmp_path):
     mss, _ = _stub_mss(tmp_path)
     exp = tmp_path / "exp"

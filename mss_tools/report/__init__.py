@@ -20,6 +20,7 @@ from mss_tools.progress import log
 from mss_tools.report import html, plots, questions, stats
 from mss_tools.report import listening as listening_module
 from mss_tools.report.runs import Run, label_of, load_runs, load_scores, run_of
+from mss_tools.report.seeds import merge_seeds, seeds_note
 from mss_tools.report.tables import (MODELS_COLUMNS, collapse_note, csv_text, loss_note, ill_conditioned_note, markdown_tables, model_rows,
                                      silent_reference_note, table_rows, track_set_warning)
 
@@ -45,10 +46,10 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
         raise BadInput(f"--excerpts must be between 1 and {MAX_EXCERPTS}, not {excerpts}")
     if bootstrap < 0:
         raise BadInput(f"--bootstrap must be 0 or more, not {bootstrap}")
-    runs = load_runs(paths)
+    runs = merge_seeds(load_runs(paths))
     rows = table_rows(runs)
-    notes = [n for n in (collapse_note(runs), loss_note(runs), track_set_warning(runs), silent_reference_note(runs),
-                         ill_conditioned_note(runs)) if n]
+    notes = [n for n in (collapse_note(runs), seeds_note(runs), loss_note(runs), track_set_warning(runs),
+                         silent_reference_note(runs), ill_conditioned_note(runs)) if n]
     comparisons = stats.all_pairs(runs, bootstrap, seed) if len(runs) > 1 else []
     found = questions.answers(runs, bootstrap, seed)
     text = questions.markdown(found) + markdown_tables(rows, {run.label: run.info for run in runs})

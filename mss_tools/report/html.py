@@ -79,7 +79,7 @@ def answers_section(found: Sequence[Answer]) -> str:
                      f"{stats_module.fmt_signed(answer.mean_diff)} dB sdr, 95% CI "
                      f"[{stats_module.fmt_signed(answer.ci_low)}, {stats_module.fmt_signed(answer.ci_high)}], "
                      f"Holm p {stats_module.fmt_p(answer.p_holm)}, d_z {stats_module.fmt_signed(answer.effect_size)}, "
-                     f"n = {answer.n} tracks × 1 seed: <b>{escape(answer.verdict)}</b></li>")
+                     f"n = {escape(answer.sample)}: <b>{escape(answer.verdict)}</b></li>")
     return ('<h2 id="answers">Answers</h2><ul class="answers">' + "".join(items) + "</ul>"
             '<p class="note">Planned comparisons: per-track sdr differences (mean over the sources named), '
             "percentile-bootstrap CI, Wilcoxon p with Holm's correction over these comparisons.</p>")

@@ -6,7 +6,8 @@ runs is left out. For every (question, pair) the *answer* is the paired per-trac
 A − B of framewise ``sdr`` (a track's median over frames), averaged over the question's sources
 per track; it is reported with its 95 % bootstrap CI, the Wilcoxon p-value corrected with Holm's
 method over the whole family of planned comparisons, the effect size d_z = mean / sd of the
-paired differences, and n (tracks × seeds: one score file per model is one seed). A CI that
+paired differences, and n (tracks × seeds: a model of several seeds is compared by its per-track
+means over seeds, :mod:`mss_tools.report.seeds`). A CI that
 contains 0 is "inconclusive".
 """
 
@@ -19,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from mss_tools.report.runs import Run
-from mss_tools.report.stats import bootstrap_ci, fmt_p, fmt_signed, paired_differences, wilcoxon_p
+from mss_tools.report.stats import MIN_WILCOXON, bootstrap_ci, fmt_p, fmt_signed, paired_differences, wilcoxon_p
 from mss_tools.report.tables import sources_of
 
 METRIC = "sdr"
@@ -59,11 +60,18 @@ class Answer:
     p: float
     p_holm: float = math.nan
     effect_size: float = math.nan
+    seeds: int = 1
+
+    @property
+    def sample(self) -> str:
+        return f"{self.n} tracks × {self.seeds} seed{'s' if self.seeds != 1 else ''}"
 
     @property
     def verdict(self) -> str:
         if self.n == 0 or math.isnan(self.ci_low):
             return "no paired tracks"
+        if self.n < MIN_WILCOXON:
+            return f"too few tracks to tell (n < {MIN_WILCOXON})"
         if self.ci_low <= 0 <= self.ci_high:
             return "inconclusive (the CI includes 0)"
         return f"{self.model_a if self.mean_diff > 0 else self.model_b} better"
@@ -98,7 +106,7 @@ def _answer(question: Question, a: Run, b: Run, resamples: int, seed: int) -> An
     spread = float(np.std(diffs, ddof=1)) if diffs.size > 1 else math.nan
     effect = float(np.mean(diffs)) / spread if spread and not math.isnan(spread) else math.nan
     return Answer(question, a.label, b.label, sources, int(diffs.size), float(np.mean(diffs)), low, high, p,
-                  effect_size=effect)
+                  effect_size=effect, seeds=min(a.seeds, b.seeds))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -123,7 +131,7 @@ def markdown(found: Sequence[Answer]) -> str:
         lines.append(f"- **{q.key}** {q.text} {answer.model_a} − {answer.model_b} ({where}): "
                      f"{fmt_signed(answer.mean_diff)} dB {METRIC}, 95% CI [{fmt_signed(answer.ci_low)}, "
                      f"{fmt_signed(answer.ci_high)}], Holm p {fmt_p(answer.p_holm)}, d_z {fmt_signed(answer.effect_size)}, "
-                     f"n = {answer.n} tracks × 1 seed: **{answer.verdict}**.")
+                     f"n = {answer.sample}: **{answer.verdict}**.")
     lines += ["", f"Planned comparisons of the project's questions: per track the {METRIC} difference A − B "
               f"(mean over the question's sources), its percentile-bootstrap 95% CI, the two-sided Wilcoxon "
               f"signed-rank p corrected with Holm's method over these {len(found)} comparisons (\"n too small\" "

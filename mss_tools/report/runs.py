@@ -85,6 +85,8 @@ class Run:
     document: dict[str, Any]
     info: ModelInfo = field(default_factory=ModelInfo)
     manifest: dict[str, Any] = field(default_factory=dict)
+    seeds: int = 1                      # training seeds averaged into this run (mss_tools.report.seeds)
+    seed_spread: dict[str, dict[str, float]] = field(default_factory=dict)  # stem -> metric -> sd between seeds
 
     @property
     def tracks(self) -> dict[str, dict[str, Any]]:
