@@ -42,10 +42,9 @@ import numpy as np
 
 from mss_tools import formats
 from mss_tools.errors import BadInput
+from mss_tools.formats import PLAN_FORMAT, PLAN_FORMAT_VERSION
 from mss_tools.outputs import atomic_path, check_free_space
 
-STEM_FORMAT = formats.STEM_FORMAT
-STEM_FORMAT_VERSION = formats.STEM_VERSION
 SPLITS = ("train", "valid", "test")
 CHUNK_FRAMES = 1 << 15
 RMS_HOP = 0.5
@@ -393,8 +392,6 @@ def remove_tree(path: str | os.PathLike) -> None:
 # Mix plans (``format="mss-plan"``): per example and per source slot, which track, offset,
 # gain and augmentation flags, and whether the slot is active.
 
-PLAN_FORMAT = formats.PLAN_FORMAT
-PLAN_FORMAT_VERSION = formats.PLAN_VERSION
 PLAN_FIELDS = {  # name -> dtype; every field is (examples, slots)
     "track": np.int32, "offset": np.int64, "gain": np.float32, "active": np.bool_, "swap": np.bool_,
     "flip": np.bool_, "shift": np.int64, "pitch": np.float32, "stretch": np.float32,

@@ -40,9 +40,9 @@ from mss_tools.errors import BadInput, MssError
 from mss_tools.outputs import dumps_json, write_json, write_text
 
 STEM_FORMAT = "mss-stems"
-STEM_VERSION = 1
+STEM_FORMAT_VERSION = 1
 PLAN_FORMAT = "mss-plan"
-PLAN_VERSION = 1
+PLAN_FORMAT_VERSION = 1
 SCORES_FORMAT = "mss-scores"
 SCORES_VERSION = 1
 PREDICTIONS_FORMAT = "mss-predictions"
@@ -236,7 +236,7 @@ class MixPlanAttrs(_PlanRequired, total=False):
 def check_stem_cache_attrs(attrs: Any, path: str | os.PathLike) -> StemCacheAttrs:
     """Root attributes of the stem cache ``path`` checked against :class:`StemCacheAttrs`; ``BadInput`` otherwise."""
     try:
-        _check_header(attrs, STEM_FORMAT, STEM_VERSION, "mss stem cache")
+        _check_header(attrs, STEM_FORMAT, STEM_FORMAT_VERSION, "mss stem cache")
         _check(attrs, StemCacheAttrs, "")
         if attrs["sample_rate"] < 1 or not attrs["sources"] or attrs.get("channels", 2) not in (1, 2):
             raise _Invalid(f"impossible sample_rate {attrs['sample_rate']}, sources {attrs['sources']} or "
@@ -249,7 +249,7 @@ def check_stem_cache_attrs(attrs: Any, path: str | os.PathLike) -> StemCacheAttr
 def check_plan_attrs(attrs: Any, path: str | os.PathLike) -> MixPlanAttrs:
     """Root attributes of the mix plan ``path`` checked against :class:`MixPlanAttrs`; ``BadInput`` otherwise."""
     try:
-        _check_header(attrs, PLAN_FORMAT, PLAN_VERSION, "mss mix plan")
+        _check_header(attrs, PLAN_FORMAT, PLAN_FORMAT_VERSION, "mss mix plan")
         _check(attrs, MixPlanAttrs, "")
         unknown = [t for t in attrs["targets"] if t not in attrs["sources"]]
         if unknown or attrs["segment_frames"] < 1:

@@ -21,10 +21,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from mss_tools import __version__, audio
-from mss_tools.cache import (CHUNK_FRAMES, PLAN_FIELDS, PLAN_FORMAT, PLAN_FORMAT_VERSION, RMS_HOP, SILENCE_DB,
-                             STEM_FORMAT, STEM_FORMAT_VERSION, StemCache, assemble_cache, read_plan, read_root_attrs,
-                             remove_tree, write_plan, write_track_part)
+from mss_tools.cache import (CHUNK_FRAMES, PLAN_FIELDS, RMS_HOP, SILENCE_DB, StemCache, assemble_cache, read_plan,
+                             read_root_attrs, remove_tree, write_plan, write_track_part)
 from mss_tools.errors import BadInput
+from mss_tools.formats import PLAN_FORMAT, PLAN_FORMAT_VERSION, STEM_FORMAT, STEM_FORMAT_VERSION
 from mss_tools.options import NON_NEGATIVE_FLOAT, PROBABILITY, FiniteFloatRange, IntegerRange, option
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps
 from mss_tools.progress import log

@@ -67,15 +67,11 @@ def remove_stale_temps(path: str | os.PathLike) -> int:
         return 0
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.\d+\.tmp$")
     removed = 0
-    for candidate in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+    for candidate in path.parent.glob(".*.tmp"):
         if pattern.match(candidate.name) and not candidate.is_dir():
             candidate.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def make_parent(path: str | os.PathLike) -> None:

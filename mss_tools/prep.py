@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from mss_tools import __version__, audio, cache
+from mss_tools import __version__, audio, cache, formats
 from mss_tools.datasets import Dataset, TrackRef, discover, load_track
 from mss_tools.errors import BadInput
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
@@ -56,10 +56,11 @@ def prep(source: str, output: str | os.PathLike, options: PrepOptions, argv: Seq
     fingerprint = dataset.fingerprint(json.dumps(settings, sort_keys=True))
     origin = str(Path(source).resolve()) if dataset.layout != "demo" else "demo"
     with OutputLock(output, "prep"):
-        check_replaceable(output, lambda path: _cache_origin(path) == origin,
+        existing = _prep_cache_attrs(output)
+        check_replaceable(output, lambda path: existing.get("origin") == origin,
                           f"a stem cache made by mss prep from {source}", options.force)
         remove_stale_temps(output)
-        if output.exists() and not options.force and _cache_fingerprint(output) == fingerprint:
+        if not options.force and existing.get("fingerprint") == fingerprint:
             log.info("%s is up to date (fingerprint %s); nothing to do", output, fingerprint)
             return output
         _build(dataset, source, output, options, rate, settings, fingerprint, origin, argv)
@@ -103,7 +104,7 @@ def _build(dataset: Dataset, source: str, output: Path, options: PrepOptions, ra
     order = {split: i for i, split in enumerate(cache.SPLITS)}
     kept.sort(key=lambda t: (order[t.split], t.name))
     root_attrs = {
-        "format": cache.STEM_FORMAT, "format_version": cache.STEM_FORMAT_VERSION, "sample_rate": rate,
+        "format": formats.STEM_FORMAT, "format_version": formats.STEM_FORMAT_VERSION, "sample_rate": rate,
         "sources": list(dataset.sources), "channels": 2, "layout": dataset.layout, "origin": origin,
         "created_by": {"tool": "mss prep", "version": __version__, "argv": list(argv)},
         "skipped": sorted(skipped.values(), key=lambda s: (s["split"], s["track"])),
@@ -157,20 +158,14 @@ def _load_skipped(parts_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _cache_fingerprint(path: Path) -> str | None:
-    attrs = cache.read_root_attrs(path)
-    return None if attrs is None or attrs.get("format") != cache.STEM_FORMAT else attrs.get("fingerprint")
-
-
-def _cache_origin(path: Path) -> str | None:
-    """The source a stem cache made by ``mss prep`` was made from (None for any other file)."""
-    attrs = cache.read_root_attrs(path)
-    if attrs is None or attrs.get("format") != cache.STEM_FORMAT:
-        return None
+def _prep_cache_attrs(path: Path) -> dict:
+    """The root attributes of a stem cache ``mss prep`` wrote at ``path`` (its ``origin``, ``fingerprint``);
+    ``{}`` for anything else, or nothing."""
+    attrs = cache.read_root_attrs(path) or {}
     created_by = attrs.get("created_by")
-    if not (isinstance(created_by, str) and '"mss prep"' in created_by):
-        return None
-    return attrs.get("origin")
+    if attrs.get("format") != formats.STEM_FORMAT or not (isinstance(created_by, str) and '"mss prep"' in created_by):
+        return {}
+    return attrs
 
 
 def _native_rate(dataset: Dataset) -> int:

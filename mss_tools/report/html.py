@@ -71,15 +71,8 @@ def answers_section(found: Sequence[Answer]) -> str:
     """The research questions' answers, first on the page (see :mod:`mss_tools.report.questions`)."""
     if not found:
         return ""
-    items = []
-    for answer in found:
-        q = answer.question
-        items.append(f"<li><b>{escape(q.key)}</b> {escape(q.text)} {escape(answer.model_a)} − "
-                     f"{escape(answer.model_b)} ({escape(', '.join(answer.sources))}): "
-                     f"{stats_module.fmt_signed(answer.mean_diff)} dB sdr, 95% CI "
-                     f"[{stats_module.fmt_signed(answer.ci_low)}, {stats_module.fmt_signed(answer.ci_high)}], "
-                     f"Holm p {stats_module.fmt_p(answer.p_holm)}, d_z {stats_module.fmt_signed(answer.effect_size)}, "
-                     f"n = {escape(answer.sample)}: <b>{escape(answer.verdict)}</b></li>")
+    items = [f"<li><b>{escape(answer.question.key)}</b> {escape(answer.statement())}: "
+             f"<b>{escape(answer.verdict)}</b></li>" for answer in found]
     return ('<h2 id="answers">Answers</h2><ul class="answers">' + "".join(items) + "</ul>"
             '<p class="note">Planned comparisons: per-track sdr differences (mean over the sources named), '
             "percentile-bootstrap CI, Wilcoxon p with Holm's correction over these comparisons.</p>")

@@ -66,6 +66,14 @@ class Answer:
     def sample(self) -> str:
         return f"{self.n} tracks × {self.seeds} seed{'s' if self.seeds != 1 else ''}"
 
+    def statement(self) -> str:
+        """The answer in one plain-text sentence, without the verdict (the renderers emphasise that)."""
+        q = self.question
+        where = ", ".join(self.sources) if q.sources else f"mean over {', '.join(self.sources)}"
+        return (f"{q.text} {self.model_a} − {self.model_b} ({where}): {fmt_signed(self.mean_diff)} dB {METRIC}, "
+                f"95% CI [{fmt_signed(self.ci_low)}, {fmt_signed(self.ci_high)}], Holm p {fmt_p(self.p_holm)}, "
+                f"d_z {fmt_signed(self.effect_size)}, n = {self.sample}")
+
     @property
     def verdict(self) -> str:
         if self.n == 0 or math.isnan(self.ci_low):
@@ -126,12 +134,7 @@ def markdown(found: Sequence[Answer]) -> str:
         return ""
     lines = ["## Answers", ""]
     for answer in found:
-        q = answer.question
-        where = ", ".join(answer.sources) if q.sources else f"mean over {', '.join(answer.sources)}"
-        lines.append(f"- **{q.key}** {q.text} {answer.model_a} − {answer.model_b} ({where}): "
-                     f"{fmt_signed(answer.mean_diff)} dB {METRIC}, 95% CI [{fmt_signed(answer.ci_low)}, "
-                     f"{fmt_signed(answer.ci_high)}], Holm p {fmt_p(answer.p_holm)}, d_z {fmt_signed(answer.effect_size)}, "
-                     f"n = {answer.sample}: **{answer.verdict}**.")
+        lines.append(f"- **{answer.question.key}** {answer.statement()}: **{answer.verdict}**.")
     lines += ["", f"Planned comparisons of the project's questions: per track the {METRIC} difference A − B "
               f"(mean over the question's sources), its percentile-bootstrap 95% CI, the two-sided Wilcoxon "
               f"signed-rank p corrected with Holm's method over these {len(found)} comparisons (\"n too small\" "

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from mss_tools import formats
+from mss_tools.metrics import nanmedian
 from mss_tools.report.runs import Run
 
 SEED_LABEL = re.compile(r"^(?P<model>.+)\.seed(?P<seed>\d+)$")
@@ -65,7 +66,7 @@ def _merged(label: str, members: list[Run]) -> Run:
     spread = {}
     for stem in {s for stems in merged.values() for s in stems}:
         for metric in ("sdr", "usdr"):
-            medians = [np.nanmedian(list(run.track_values(stem, metric).values()) or [math.nan]) for run in members]
+            medians = [nanmedian(list(run.track_values(stem, metric).values())) for run in members]
             medians = [m for m in medians if math.isfinite(m)]
             if len(medians) > 1:
                 spread.setdefault(stem, {})[metric] = float(np.std(medians, ddof=1))
