@@ -34,7 +34,7 @@ import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypedDict, Union
+from typing import Any, Sequence, TypedDict, Union
 
 from mss_tools.errors import BadInput, MssError
 from mss_tools.outputs import dumps_json, write_json, write_text
@@ -48,6 +48,31 @@ SCORES_VERSION = 1
 PREDICTIONS_FORMAT = "mss-predictions"
 PREDICTIONS_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+COMPLEMENT_PREFIX = "no_"  # predictions stem "no_<source>": the mixture minus <source> (mss separate --two-stems)
+
+
+ACCOMPANIMENT = "accompaniment"  # MUSDB's name for everything but vocals
+
+
+def complement_stem(source: str) -> str:
+    """The name of the stem that holds everything but ``source`` (``drums`` -> ``no_drums``)."""
+    return COMPLEMENT_PREFIX + source
+
+
+def complement_sources(stem: str, sources: Sequence[str]) -> list[str] | None:
+    """The sources whose sum is the reference of the complement stem ``stem`` (``no_drums``: every source
+    but drums; ``accompaniment``: every source but vocals), or ``None`` if ``stem`` is not one of ``sources``'
+    complements."""
+    left_out = "vocals" if stem == ACCOMPANIMENT else stem[len(COMPLEMENT_PREFIX):] if stem.startswith(
+        COMPLEMENT_PREFIX) else None
+    if left_out not in sources or len(sources) < 2:
+        return None
+    return [s for s in sources if s != left_out]
+
+
+def is_complement_stem(stem: str) -> bool:
+    """Whether ``stem`` is the rest of a mixture (``no_<source>``, ``accompaniment``) rather than a source."""
+    return stem == ACCOMPANIMENT or stem.startswith(COMPLEMENT_PREFIX)
 
 
 # --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Sequence
 
 from mss_tools import __version__, audio, cache, formats
 from mss_tools.datasets import Dataset, TrackRef, discover, load_track
+from mss_tools.datasets.demo import DEMO_CORPUS_VERSION
 from mss_tools.errors import BadInput
 from mss_tools.outputs import OutputLock, check_replaceable, remove_stale_temps, sweep_temps, write_json
 from mss_tools.progress import log, progress_bar
@@ -39,6 +40,7 @@ class PrepOptions:
     force: bool = False
     demo_tracks: int = 20
     demo_duration: float = 12.0
+    demo_test_tracks: int | None = None
 
 
 def prep(source: str, output: str | os.PathLike, options: PrepOptions, argv: Sequence[str] = ()) -> Path:
@@ -49,10 +51,10 @@ def prep(source: str, output: str | os.PathLike, options: PrepOptions, argv: Seq
     """
     output = Path(output)
     dataset = discover(source, options.layout, options.sources, options.valid_tracks, options.valid_fraction,
-                       options.seed, options.demo_tracks, options.demo_duration)
+                       options.seed, options.demo_tracks, options.demo_duration, options.demo_test_tracks)
     rate = options.sample_rate or dataset.native_rate or _native_rate(dataset)
     settings = {"prep_version": PREP_VERSION, "sample_rate": rate, "sources": dataset.sources,
-                "demo": [options.seed, options.demo_duration] if dataset.layout == "demo" else None}
+                "demo": [options.seed, options.demo_duration, DEMO_CORPUS_VERSION] if dataset.layout == "demo" else None}
     fingerprint = dataset.fingerprint(json.dumps(settings, sort_keys=True))
     origin = str(Path(source).resolve()) if dataset.layout != "demo" else "demo"
     with OutputLock(output, "prep"):

@@ -46,6 +46,7 @@ from mss_tools import __version__, audio, formats
 from mss_tools.cache import StemCache, is_stem_cache, remove_tree
 from mss_tools.datasets import discover, load_track
 from mss_tools.errors import BadInput, MssError
+from mss_tools.formats import ACCOMPANIMENT, complement_sources
 from mss_tools.metrics import (CONDITION_LIMIT, FILTER_METRICS, SILENT_REFERENCE_DBFS, collapse_reasons, count_values,
                                estimate_level_db, is_silent, nanmean, nanmedian,
                                si_sdr, usdr)
@@ -55,7 +56,6 @@ from mss_tools.progress import log, progress_bar
 from mss_tools.runner import TrackFailure, failure_summary, run_tracks
 
 FRAMEWISE = ("sdr", "isr", "sir", "sar")
-ACCOMPANIMENT = "accompaniment"
 MAX_LENGTH_MISMATCH = 1.0  # seconds; estimates within this are zero-padded/trimmed to the reference
 
 
@@ -70,7 +70,8 @@ class ReferenceSource:
         self._dataset = None
 
     def load(self, track: str, stems: list[str], split: str | None = None) -> tuple[dict[str, np.ndarray], int]:
-        """References ``{stem: (channels, time)}`` for ``stems`` (``accompaniment``: everything but vocals)."""
+        """References ``{stem: (channels, time)}`` for ``stems`` (``accompaniment``: everything but vocals;
+        ``no_<source>``: everything but ``<source>``)."""
         if self.is_cache:
             cache = StemCache(self.path)
             splits = [split] if split else cache.splits()
@@ -92,8 +93,8 @@ def _pick(available: dict[str, np.ndarray], stems: list[str], track: str) -> dic
     for stem in stems:
         if stem in available:
             out[stem] = available[stem]
-        elif stem == ACCOMPANIMENT and "vocals" in available and len(available) > 1:
-            out[stem] = np.sum([v for k, v in available.items() if k != "vocals"], axis=0)
+        elif complement_sources(stem, list(available)):
+            out[stem] = np.sum([available[k] for k in complement_sources(stem, list(available))], axis=0)
         else:
             raise BadInput(f"{track}: no reference for estimate {stem!r} (references have {', '.join(available)})")
     return out

@@ -142,7 +142,7 @@ class OutputSpec:
     """What to write for each track, and where (relative to the output folder)."""
 
     stems: tuple[str, ...]             # the files written, in order
-    two_stems: str | None = None       # writes (target, "no_" + target) when set
+    two_stems: str | None = None       # writes (target, formats.complement_stem(target)) when set
     file_format: str = "wav"
     subtype: str = "FLOAT"
     name_template: str = DEFAULT_TEMPLATE
@@ -178,7 +178,7 @@ def output_spec(model, file_format: str = "wav", subtype: str | None = None, nam
     if two_stems is not None:
         if two_stems not in model.sources:
             raise BadInput(f"--two-stems {two_stems}: the model separates {', '.join(model.sources)}")
-        stems = (two_stems, f"no_{two_stems}")
+        stems = (two_stems, formats.complement_stem(two_stems))
     else:
         stems = tuple(model.sources)
     spec = OutputSpec(stems, two_stems, file_format, subtype, name_template, model.arch)

@@ -6,7 +6,8 @@
 #   3 train s2    target + 2 distractors, warm start from s1 -> $exp/<arch>/s2
 #   4 train s3    full mixtures, warm start from s2  -> $exp/<arch>/s3
 #   5 control     no curriculum: stage 3 only, the same total steps -> $exp/<arch>/control
-#   6 separate    the test split with s3 and the control -> $exp/<arch>/preds/
+#   6 separate    the test split with s3 and the control -> $exp/<arch>/preds/ (one target: the target
+#                 and no_<target>, the mixture minus the estimate, so that BSSEval's sir/sar are defined)
 #   7 score       BSSEval v4 (--museval) -> $exp/scores/<arch>.json, <arch>_nocurriculum.json
 #   8 summary     the baselines (once scored) vs curriculum vs control -> $exp/<arch>/summary/RESULTS.md
 # --arch mixture and --arch silence are the baselines, every stem estimated as the mixture or as
@@ -25,18 +26,20 @@ arch=unet                   # architecture (mss train --arch), or a baseline: mi
 preset=demo                 # the training confs: recipes/conf/<preset>/ (demo, lite, paper, tiny)
 exp=exp/demo                # the study's folder
 musdb=                      # MUSDB18 or MUSDB18-HQ root; empty: the built-in synthetic demo corpus
-sample_rate=                # cache sample rate; empty: the preset's (tiny 8000, demo 16000, lite 22050, paper 44100)
-targets=all                 # sources to separate, comma-separated, or all
+sample_rate=                # cache sample rate; empty: the preset's (tiny and demo 8000, lite 22050, paper 44100)
+targets=drums               # sources to separate: one (the study: target + 1 distractor -> + 2 -> all), several comma-separated, or all
 loss=                       # one loss for every architecture (a common-loss control, e.g. l1_wave); empty: each its paper's
 stage=0                     # first stage to run
 stop_stage=100              # last stage to run
 control=true                # also train and score the no-curriculum control (stage 5)
-seeds=1                     # training seeds; N > 1: seed k trains in $exp/<arch>/seed<k>/ and scores as <model>.seed<k>.json
+seeds=2                     # training seeds (demo: 2 fit its 30-minute budget on 2 cores); N > 1: seed k trains in $exp/<arch>/seed<k>/ and scores as <model>.seed<k>.json
 museval=true                # also score isr/sir/sar (mss score --museval)
 jobs=2                      # parallel jobs of prep and score
 device=auto                 # device of training and separation: auto, cpu, cuda, cuda:1 ...
-demo_tracks=20              # tracks of the demo corpus
-demo_duration=12            # seconds per demo track
+demo_tracks=40              # tracks of the demo corpus: 3 valid, demo_test_tracks test, the rest train
+demo_test_tracks=16         # test tracks of the demo corpus (enough for a paired test)
+demo_duration=10            # seconds per demo track
+prep=true                   # run stage 0 (run_all.sh preps once, before the architectures run in parallel)
 cmd=local                   # where the steps run: local or slurm (recipes/cmd.sh)
 mss="python -m mss_tools"   # the mss command
 
@@ -51,9 +54,10 @@ if [ $baseline = false ] && [ ! -f "$conf" ]; then
   exit 2
 fi
 if [ -z "$sample_rate" ]; then
-  case $preset in tiny) sample_rate=8000 ;; demo) sample_rate=16000 ;; lite) sample_rate=22050 ;; *) sample_rate=44100 ;; esac
+  case $preset in tiny|demo) sample_rate=8000 ;; lite) sample_rate=22050 ;; *) sample_rate=44100 ;; esac
 fi
 target_opt=(); [ "$targets" != all ] && target_opt=(--targets "$targets")
+two_stems=(); case $targets in all|*,*) ;; *) two_stems=(--two-stems "$targets") ;; esac
 [ -n "$loss" ] && target_opt+=(--loss "$loss")
 if [ -n "$musdb" ]; then data_src=$musdb; else data_src=demo; fi
 
@@ -84,11 +88,12 @@ else
   fi
 fi
 
-if [ $stage -le 0 ] && [ $stop_stage -ge 0 ]; then
+if [ $stage -le 0 ] && [ $stop_stage -ge 0 ] && [ "$prep" = true ]; then
   log "Stage 0: prep $data_src -> $cache"
   mkdir -p "$exp/data"
   run_step "$logs/0_prep.log" $mss prep --sr "$sample_rate" -j "$jobs" \
-    --demo-tracks "$demo_tracks" --demo-duration "$demo_duration" "$data_src" "$cache"
+    --demo-tracks "$demo_tracks" --demo-test-tracks "$demo_test_tracks" --demo-duration "$demo_duration" \
+    "$data_src" "$cache"
 fi
 
 if [ $baseline = false ]; then
@@ -137,7 +142,8 @@ if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then
   log "Stage 6: separate the test split with ${runs[*]} -> $dir/preds/"
   for run in "${runs[@]}"; do
     if [ $baseline = true ]; then model=("$run"); else model=("$dir/$run/best.pt" --device "$device"); fi
-    run_step "$logs/6_separate_${run//\//_}.log" $mss separate "${model[@]}" "$cache" --split test -o "$dir/preds/$run"
+    run_step "$logs/6_separate_${run//\//_}.log" $mss separate "${model[@]}" "$cache" --split test \
+      ${two_stems[@]+"${two_stems[@]}"} -o "$dir/preds/$run"
   done
 fi
 

@@ -10,7 +10,7 @@ import pytest
 from mss_tools.cache import read_plan
 from tests.conftest import REPO
 
-TINY = ["--preset", "tiny", "--demo-tracks", "6", "--demo-duration", "3", "--jobs", "1",
+TINY = ["--preset", "tiny", "--demo-tracks", "6", "--demo-test-tracks", "1", "--demo-duration", "3", "--jobs", "1", "--seeds", "1",
         "--mss", f"{sys.executable} -m mss_tools"]
 
 
@@ -25,11 +25,13 @@ def test_run_all_then_rerun_then_stage(tmp_path):
     first = run_recipe("run_all.sh", "--archs", "unet", "--exp", exp, *TINY, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     results = (exp / "RESULTS.md").read_text()
-    assert "### vocals" in results and "| unet |" in results and "| unet_nocurriculum |" in results
-    assert "| mixture |" in results and "| silence |" in results and "Collapse check: silence/" in results
+    assert "### drums" in results and "### no_drums" in results and "| unet |" in results and "| unet_nocurriculum |" in results
+    assert "| mixture |" in results and "| silence |" in results and "silence/drums (estimates 100 dB below" in results
     assert "Every trained model used the same loss, l1_magnitude" in results
     logs = exp / "unet" / "logs"
-    for step in ("0_prep", "1_remix_s1", "2_train_s1", "3_train_s2", "4_train_s3", "5_train_control",
+    assert "# exit code: 0" in (exp / "mixture" / "logs" / "0_prep.log").read_text()  # prepped once, first
+    assert not (logs / "0_prep.log").exists()
+    for step in ("1_remix_s1", "2_train_s1", "3_train_s2", "4_train_s3", "5_train_control",
                  "6_separate_s3", "7_score_s3", "8_summary"):
         log = (logs / f"{step}.log").read_text()
         assert "# command:" in log and "# exit code: 0" in log and "# duration:" in log, step
@@ -100,16 +102,19 @@ def _stub_mss(tmp_path):
 def test_run_all_forwards_options_and_runs_each_baseline_once(tmp_path):
     mss, calls = _stub_mss(tmp_path)
     result = run_recipe("run_all.sh", "--archs", "unet unet_lite", "--exp", tmp_path / "exp", "--preset", "tiny",
-                        "--jobs", "1", "--museval", "false", "--device", "cpu", "--mss", mss, cwd=tmp_path)
+                        "--jobs", "1", "--museval", "false", "--device", "cpu", "--seeds", "1", "--parallel", "1",
+                        "--mss", mss, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = calls.read_text().splitlines()
     assert [line for line in lines if line.startswith("separate mixture")] == \
-        [f"separate mixture {tmp_path}/exp/data/cache_8000.h5 --split test -o {tmp_path}/exp/mixture/preds/mixture"]
+        [f"separate mixture {tmp_path}/exp/data/cache_8000.h5 --split test --two-stems drums "
+         f"-o {tmp_path}/exp/mixture/preds/mixture"]
     assert sum(line.startswith("score") and "mixture" in line for line in lines) == 1
     assert [line for line in lines if line.startswith("separate silence")] == \
-        [f"separate silence {tmp_path}/exp/data/cache_8000.h5 --split test -o {tmp_path}/exp/silence/preds/silence"]
+        [f"separate silence {tmp_path}/exp/data/cache_8000.h5 --split test --two-stems drums "
+         f"-o {tmp_path}/exp/silence/preds/silence"]
     assert sum(line.startswith("score") and "silence" in line for line in lines) == 1
-    assert sum(line.startswith("prep") for line in lines) == 4 and all(
+    assert sum(line.startswith("prep") for line in lines) == 2 and all(
         " -j 1 " in line for line in lines if line.startswith(("prep", "score")))
     assert not any("--museval" in line for line in lines)
     for arch in ("unet", "unet_lite"):
@@ -121,13 +126,13 @@ def test_run_all_forwards_options_and_runs_each_baseline_once(tmp_path):
             [(True, False, True)] * 3 + [(False, True, True)]
         assert sum(line.startswith("separate") and f"/exp/{arch}/" in line for line in lines) == 2
     stages = [line.split("Stage ")[1].split(":")[0] for line in result.stderr.splitlines() if "] Stage " in line]
-    assert stages == ["0", "6", "7"] * 2 + ["0", "1", "2", "3", "4", "5", "6", "7", "8"] * 2 + ["9"]
+    assert stages == ["0", "6", "7"] * 2 + ["1", "2", "3", "4", "5", "6", "7", "8"] * 2 + ["9"]
 
 
 def test_one_loss_for_every_architecture_is_a_recipe_option(tmp_path):
     mss, calls = _stub_mss(tmp_path)
     result = run_recipe("run_all.sh", "--archs", "unet bsrnn", "--exp", tmp_path / "exp", "--preset", "tiny",
-                        "--jobs", "1", "--loss", "l1_wave", "--mss", mss, cwd=tmp_path)
+                        "--jobs", "1", "--loss", "l1_wave", "--seeds", "1", "--mss", mss, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     trains = [line for line in calls.read_text().splitlines() if line.startswith("train")]
     assert len(trains) == 2 * 5 and all("--loss l1_wave" in line for line in trains)  # print-config + 4 trainings

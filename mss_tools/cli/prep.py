@@ -24,12 +24,14 @@ from mss_tools.cli.common import (MIN_SAMPLE_RATE, POSITIVE_INT, SEED, FiniteFlo
 @click.option("-j", "--jobs", type=POSITIVE_INT, default=1, help="Tracks decoded in parallel.")
 @click.option("--force", is_flag=True, help="Rebuild even if OUTPUT is up to date.")
 @click.option("--demo-tracks", type=IntegerRange(min=3), default=20,
-              help="Demo corpus: number of tracks (a fifth, 1 to 3, each for valid and test; "
-                   "at least one train track).")
+              help="Demo corpus: number of tracks (a fifth, 1 to 3, for valid; as many for test unless "
+                   "--demo-test-tracks; at least one train track).")
+@click.option("--demo-test-tracks", type=IntegerRange(min=1), default=None,
+              help="Demo corpus: test tracks among --demo-tracks (default: as many as valid tracks).")
 @click.option("--demo-duration", type=FiniteFloatRange(min=1.0), default=12.0,
               help="Demo corpus: seconds per track (at least one BSSEval window, 1 s).")
 def cli(source, output, sample_rate, layout, sources, valid_tracks, valid_fraction, seed, skip_bad, jobs, force,
-        demo_tracks, demo_duration):
+        demo_tracks, demo_test_tracks, demo_duration):
     """Decode SOURCE into the HDF5 stem cache OUTPUT.
 
     SOURCE is a MUSDB18 root (.stem.mp4), a MUSDB18-HQ root, a folder laid out
@@ -46,5 +48,5 @@ def cli(source, output, sample_rate, layout, sources, valid_tracks, valid_fracti
     options = PrepOptions(sample_rate=sample_rate, layout=layout, sources=split_list(sources),
                           valid_tracks=split_list(valid_tracks), valid_fraction=valid_fraction, seed=seed,
                           skip_bad=skip_bad, jobs=jobs, force=force, demo_tracks=demo_tracks,
-                          demo_duration=demo_duration)
+                          demo_test_tracks=demo_test_tracks, demo_duration=demo_duration)
     prep(source, output, options, argv=sys.argv)

@@ -112,7 +112,7 @@ def assign_validation(tracks: list[TrackRef], valid_tracks: Sequence[str] | None
 
 def discover(source: str, layout: str = "auto", sources: Sequence[str] | None = None,
              valid_tracks: Sequence[str] | None = None, valid_fraction: float | None = None, seed: int = 0,
-             demo_tracks: int = 20, demo_duration: float = 12.0) -> Dataset:
+             demo_tracks: int = 20, demo_duration: float = 12.0, demo_test_tracks: int | None = None) -> Dataset:
     """Find every track of ``source`` and decide its split."""
     if layout not in LAYOUTS:
         raise BadInput(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -120,8 +120,9 @@ def discover(source: str, layout: str = "auto", sources: Sequence[str] | None = 
         from mss_tools.datasets.demo import DEMO_SOURCES, demo_track_names
 
         held_out = max(1, min(3, demo_tracks // 5))
+        n_test = held_out if demo_test_tracks is None else demo_test_tracks
         refs = [TrackRef(split, name, "demo", demo_index=i)
-                for i, (split, name) in enumerate(demo_track_names(demo_tracks, held_out, held_out))]
+                for i, (split, name) in enumerate(demo_track_names(demo_tracks, held_out, n_test))]
         dataset = Dataset("demo", "demo", list(DEMO_SOURCES), refs, has_mixture=False)
     else:
         from mss_tools.datasets import folder, musdb

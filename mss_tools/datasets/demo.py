@@ -11,6 +11,12 @@ overlap in time and frequency the way real stems do:
 * ``bass``: a plucked, low-passed saw-like bass following the chord roots.
 * ``other``: piano-like comping and/or arpeggios and/or a detuned pad.
 
+Every stem is a recording, not a bare synthesizer: it carries its own microphone and
+preamp noise floor (independent per channel, 60 dB below the stem's RMS), as stems of
+real multitracks do. Besides realism this keeps every reference broadband, so BSSEval's
+distortion filters are well-conditioned and its isr/sir/sar are defined (a band-limited
+synthesizer leaves whole bands empty and its Gram matrix singular).
+
 Everything is numpy only: no torch, no file I/O. A track depends on
 ``(seed, index)`` only, and its score (notes, hits, panning) does not depend on
 the sample rate either.
@@ -25,6 +31,8 @@ import numpy as np
 from mss_tools.errors import BadInput
 
 DEMO_SOURCES = ("vocals", "drums", "bass", "other")  # MUSDB order
+DEMO_CORPUS_VERSION = 2  # part of a demo cache's fingerprint: bump when the audio of a track changes
+NOISE_FLOOR_DB = -60.0   # each stem's recording noise, relative to the stem's RMS
 
 _TWO_PI = 2.0 * np.pi
 _BEATS_PER_BAR = 4
@@ -83,8 +91,8 @@ def synthesize_track(index: int, seed: int = 0, duration: float = 12.0,
 
     # Independent random streams per part. Noise (whose draws depend on the number
     # of samples) has streams of its own, so the score is the same at any rate.
-    streams = np.random.SeedSequence([int(seed) % 2**64, int(index)]).spawn(8)
-    song_rng, mix_rng, vocal_rng, vocal_noise, drum_rng, drum_noise, bass_rng, other_rng = (
+    streams = np.random.SeedSequence([int(seed) % 2**64, int(index)]).spawn(9)
+    song_rng, mix_rng, vocal_rng, vocal_noise, drum_rng, drum_noise, bass_rng, other_rng, floor_rng = (
         np.random.default_rng(s) for s in streams)
     song = _make_song(song_rng, sample_rate, n)
     stems = {
@@ -93,7 +101,15 @@ def synthesize_track(index: int, seed: int = 0, duration: float = 12.0,
         "bass": _render_bass(song, bass_rng),
         "other": _render_other(song, other_rng),
     }
+    stems = {name: _record(x, floor_rng) for name, x in stems.items()}
     return _mix_levels(stems, mix_rng, sample_rate)
+
+
+def _record(stem: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``stem`` (2, n) plus its recording noise floor: white, independent per channel,
+    :data:`NOISE_FLOOR_DB` below the stem's RMS."""
+    level = np.float32(_rms(stem) * 10 ** (NOISE_FLOOR_DB / 20))
+    return stem + level * rng.standard_normal(stem.shape, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- song

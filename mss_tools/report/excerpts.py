@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mss_tools.cache import StemCache
+from mss_tools.formats import complement_sources
 from mss_tools.report.runs import Run
 from mss_tools.report.signal import onset_envelope, periodicity, pick_onsets
 
@@ -36,7 +37,6 @@ CATEGORIES = {
     "disagreement": "Largest disagreement: where the models' framewise sdr differs most",
 }
 SELECTION_ORDER = ("disagreement", "transients", "repetition")
-ACCOMPANIMENT = "accompaniment"
 SDR_FLOOR = -20.0  # dB; below, a frame is a failure either way (e.g. a near-silent reference)
 
 
@@ -79,19 +79,20 @@ def track_splits(cache: StemCache, tracks: Sequence[str]) -> dict[str, str]:
 
 def reference(cache: StemCache, split: str, track: str, stem: str, start: int = 0,
               stop: int | None = None) -> np.ndarray:
-    """A stem's reference ``(channels, time)``: the cache's stem, the mixture, or (accompaniment) non-vocals."""
+    """A stem's reference ``(channels, time)``: the cache's stem, the mixture, or a complement (accompaniment,
+    no_<source>: the sum of the other sources)."""
     if stem == "mixture":
         return np.asarray(cache.read_mixture(split, track, start, stop), dtype=np.float32)
     if stem in cache.sources:
         return cache.read(split, track, start, stop, sources=[stem])[0]
-    if stem == ACCOMPANIMENT and "vocals" in cache.sources:
-        others = [s for s in cache.sources if s != "vocals"]
+    others = complement_sources(stem, cache.sources)
+    if others:
         return cache.read(split, track, start, stop, sources=others).sum(axis=0)
     raise KeyError(stem)
 
 
 def has_reference(cache: StemCache, stem: str) -> bool:
-    return stem in cache.sources or (stem == ACCOMPANIMENT and "vocals" in cache.sources and len(cache.sources) > 1)
+    return stem in cache.sources or complement_sources(stem, cache.sources) is not None
 
 
 def percussive_stem(sources: Sequence[str]) -> str | None:

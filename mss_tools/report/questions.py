@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mss_tools.formats import is_complement_stem
 from mss_tools.report.runs import Run
 from mss_tools.report.stats import MIN_WILCOXON, bootstrap_ci, fmt_p, fmt_signed, paired_differences, wilcoxon_p
 from mss_tools.report.tables import sources_of
@@ -32,7 +33,7 @@ class Question:
     key: str
     text: str
     pairs: tuple[tuple[str, str], ...]     # (A, B): does A beat B?
-    sources: tuple[str, ...] | None = None  # None: every source both models separate
+    sources: tuple[str, ...] | None = None  # None: every source both models separate (not no_<source>, accompaniment)
 
 
 QUESTIONS = (
@@ -99,7 +100,8 @@ def answers(runs: Sequence[Run], resamples: int = 10000, seed: int = 0) -> list[
 
 
 def _answer(question: Question, a: Run, b: Run, resamples: int, seed: int) -> Answer:
-    shared = [s for s in sources_of([a]) if s in sources_of([b]) and METRIC in a.metrics(s) and METRIC in b.metrics(s)]
+    shared = [s for s in sources_of([a]) if s in sources_of([b]) and METRIC in a.metrics(s) and METRIC in b.metrics(s)
+              and not is_complement_stem(s)]
     sources = tuple(s for s in (question.sources or shared) if s in shared)
     per_track: dict[str, list[float]] = {}
     for source in sources:
