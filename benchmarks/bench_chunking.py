@@ -12,6 +12,13 @@ sees different context in a chunk and legitimately differs.
 
     python benchmarks/bench_chunking.py                          # 10 s at 16 kHz, each model's default segment
     python benchmarks/bench_chunking.py --sample-rate 8000 --segment 1.3 --archs bsrnn
+
+With ``--checkpoints`` it measures trained models instead, on the first test tracks of a stem cache:
+the chunked output at the model's own segment (overlap 0.25 and 0.5) and at twice and four times
+that segment, against the whole-track output, as the median SNR over the tracks:
+
+    python benchmarks/bench_chunking.py --cache exp/demo/data/cache_8000.h5 \
+        --checkpoints exp/demo/unet/seed1/s3/best.pt,exp/demo/bsrnn/seed1/s3/best.pt
 """
 
 from __future__ import annotations
@@ -73,6 +80,40 @@ def measure(arch: str, preset: str, mix: torch.Tensor, sample_rate: int, segment
     return row
 
 
+def measure_trained(checkpoint: str, mixes: list[torch.Tensor]) -> dict:
+    """Median over ``mixes`` of the SNR (dB) of chunked against whole-track output of a trained checkpoint."""
+    from mss_tools.apply import separate_tensor
+    from mss_tools.checkpoint import load_model
+
+    model = load_model(checkpoint).eval()
+    settings = {"own_025": (1, 0.25), "own_050": (1, 0.5), "x2_025": (2, 0.25), "x4_025": (4, 0.25)}
+    values: dict[str, list[float]] = {key: [] for key in settings}
+    with torch.no_grad():
+        for mix in mixes:
+            whole = model(mix.unsqueeze(0))[0]
+            for key, (factor, overlap) in settings.items():
+                segment = min(factor * model.segment, mix.shape[-1] / model.sample_rate)
+                values[key].append(snr_db(whole, separate_tensor(model, mix, segment, overlap=overlap)))
+    row = {key: float(torch.tensor(v).median()) for key, v in values.items()}
+    return row | {"arch": model.arch, "segment": model.segment, "checkpoint": checkpoint}
+
+
+def main_trained(args) -> None:
+    from mss_tools.cache import StemCache
+
+    cache = StemCache(args.cache)
+    tracks = cache.tracks("test")[: args.tracks]
+    mixes = [torch.from_numpy(cache.read_mixture("test", t)).float() for t in tracks]
+    print(f"{len(tracks)} test tracks of {args.cache} ({cache.sample_rate} Hz); median SNR in dB of chunked "
+          "against whole-track output")
+    print("| checkpoint | arch | segment s | own segment, overlap 0.25 | own, 0.5 | 2x segment, 0.25 | 4x segment, 0.25 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for checkpoint in args.checkpoints.split(","):
+        row = measure_trained(checkpoint, mixes)
+        print(f"| {checkpoint} | {row['arch']} | {row['segment']:g} | {row['own_025']:.1f} | {row['own_050']:.1f} | "
+              f"{row['x2_025']:.1f} | {row['x4_025']:.1f} |", flush=True)
+
+
 def main() -> None:
     from mss_tools.models import ARCHITECTURES
 
@@ -83,8 +124,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--segment", type=float, default=None, help="chunk seconds (default: each model's)")
     parser.add_argument("--sources", default=",".join(SOURCES))
+    parser.add_argument("--checkpoints", help="comma-separated trained checkpoints (needs --cache)")
+    parser.add_argument("--cache", help="stem cache whose test tracks the checkpoints separate")
+    parser.add_argument("--tracks", type=int, default=4, help="test tracks used with --checkpoints")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.checkpoints:
+        if not args.cache:
+            parser.error("--checkpoints needs --cache")
+        main_trained(args)
+        return
     mix = synthetic_track(args.seconds, args.sample_rate)
     print(f"{args.seconds:g} s stereo at {args.sample_rate} Hz, preset {args.preset}, random init (seed 0); "
           "SNR in dB of chunked against whole-track output")

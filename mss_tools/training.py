@@ -64,7 +64,9 @@ TRAINING_STATE_VERSION = 2
 
 
 class TrainExamples(Dataset):
-    """Training examples by global position: ``(mixture (channels, time), targets (targets, channels, time))``.
+    """Training examples by global position: ``(mixture (channels, time), targets (targets, channels, time),
+    active (targets,) bool)``; an inactive target (a curriculum stage leaves it out of the mixture) is
+    absent, not silent, and gets no loss (:func:`active_loss`).
 
     From a plan: position ``p`` is example ``perm_k[p % N]`` with ``perm_k`` a permutation seeded
     by ``(seed, k = p // N)``. On the fly: example ``p`` is drawn from generator ``(seed, p)``.
@@ -90,13 +92,26 @@ class TrainExamples(Dataset):
     def __getitem__(self, position: int):
         plan, sampler, cache = self._open()
         if plan is not None:
-            perm = np.random.default_rng([self.seed, position // len(plan)]).permutation(len(plan))
-            stems = plan.render(int(perm[position % len(plan)]))
+            number = int(np.random.default_rng([self.seed, position // len(plan)]).permutation(len(plan))[
+                position % len(plan)])
+            stems, example = plan.render(number), plan.example(number)
         else:
             example = sampler.draw(np.random.default_rng([self.seed, position]))
             stems = render_example(cache, self.spec.split, sampler.tracks, example, sampler.frames)
         index = [cache.sources.index(t) for t in self.targets]
-        return torch.from_numpy(stems.sum(axis=0)), torch.from_numpy(np.ascontiguousarray(stems[index]))
+        return (torch.from_numpy(stems.sum(axis=0)), torch.from_numpy(np.ascontiguousarray(stems[index])),
+                torch.from_numpy(np.asarray(example["active"], dtype=bool)[index]))
+
+
+def active_loss(loss_fn: Callable, estimate: torch.Tensor, reference: torch.Tensor, active: torch.Tensor,
+                model) -> torch.Tensor:
+    """``loss_fn`` over the active (example, target) pairs only: estimates and references
+    ``(batch, targets, channels, time)``, ``active`` ``(batch, targets)`` bool. With every target active
+    (single-target training, the full mixture) this is ``loss_fn`` itself; in a multi-target curriculum
+    stage the targets left out of the mixture are not trained towards silence."""
+    if bool(active.all()):
+        return loss_fn(estimate, reference, model)
+    return loss_fn(estimate[active].unsqueeze(1), reference[active].unsqueeze(1), model)
 
 
 class EMA:
@@ -483,9 +498,9 @@ class Trainer:
         lr, step_loss = self.schedule.lr, 0.0
         self.optimizer.zero_grad(set_to_none=True)
         with progress_bar(epoch_end - state.step, f"epoch {epoch + 1}/{config.epochs}") as bar:
-            for number, (mixture, reference) in enumerate(self._batches(state.step, epoch_end)):
+            for number, (mixture, reference, active) in enumerate(self._batches(state.step, epoch_end)):
                 last_micro = (number + 1) % config.accum_steps == 0
-                step_loss += self._backward(mixture, reference, sync=last_micro)
+                step_loss += self._backward(mixture, reference, active, sync=last_micro)
                 if not last_micro:
                     continue
                 lr = self._optimizer_step(step_loss)
@@ -506,14 +521,15 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           generator=torch.Generator().manual_seed(config.seed))
 
-    def _backward(self, mixture: torch.Tensor, reference: torch.Tensor, sync: bool) -> float:
+    def _backward(self, mixture: torch.Tensor, reference: torch.Tensor, active: torch.Tensor, sync: bool) -> float:
         """Forward and backward pass of one micro-batch; gradients accumulate (across ranks only when ``sync``).
         Returns its share of the step's loss."""
         mixture = mixture.to(self.device, non_blocking=True)
         reference = reference.to(self.device, non_blocking=True)
         with nullcontext() if sync or self.dist.world == 1 else self.net.no_sync():
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                loss = self.run.loss_fn(self.net(mixture).float(), reference, self.model) / self.config.accum_steps
+                loss = active_loss(self.run.loss_fn, self.net(mixture).float(), reference, active.to(self.device),
+                                   self.model) / self.config.accum_steps
             self.scaler.scale(loss).backward()
         return loss.item()
 

@@ -191,7 +191,7 @@ def test_bootstrap_is_seeded_and_wilcoxon_needs_six():
 
 def test_plots_are_png_and_svg(report):
     out, _ = report
-    for name in ("sdr_boxplot", "diff_01_a_vs_b"):
+    for name in ("quality_cost", "sdr_boxplot", "diff_01_a_vs_b"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
         svg = (out / "plots" / f"{name}.svg").read_text()
         assert svg.startswith("<?xml") and "<svg" in svg
@@ -207,7 +207,7 @@ def test_html_is_self_contained_with_aligned_players(report):
     assert page.count("<audio") == articles * (2 + 2)  # mixture, reference, a, b
     assert page.count('src="data:audio/flac;base64,') == articles * 4
     assert page.count('src="data:image/jpeg;base64,') == articles * 4
-    assert page.count('src="data:image/png;base64,') == 2  # boxplot, one pair's differences
+    assert page.count('src="data:image/png;base64,') == 3  # quality against cost, boxplot, one pair's differences
     assert not re.search(r"https?://", page)
     assert not re.search(r"""(src|href)=["'](?!data:|#|plots/)""", page)
     for text in ("Transient attacks", "Long repetitive structure", "Largest disagreement", "12,345", "2x RT",
@@ -344,3 +344,16 @@ def test_speed_is_the_median_over_tracks():
                 "tracks": [{"audio_seconds": 12.0, "wall_seconds": w} for w in (0.5, 0.48, 10.3)]}
     assert separation_speed(manifest)[0] == pytest.approx(24.0)
     assert separation_speed({"timing": {"audio_seconds": 36.0, "wall_seconds": 12.0}})[0] == pytest.approx(3.0)
+
+
+def test_quality_against_cost_is_one_row_per_model_from_the_per_track_values(project, report):
+    """sdr per track averaged over the model's sources, then the median over tracks, with its size and speed."""
+    out, stdout = report
+    assert "## Quality against cost" in stdout
+    for model, params, speed in (("a", "12.3 k", "2x RT"), ("b", "2.5 M", "4x RT")):
+        values = project["values"][model]
+        quality = np.median([np.mean([values[s][t]["sdr"] for s in SOURCES]) for t in TRACKS])
+        assert f"| {model} | {params} | {speed} | {quality:.2f} |  |  |  | {', '.join(SOURCES)} |" in stdout
+    markdown = (out / "RESULTS.md").read_text()
+    assert markdown.index("## Quality against cost") < markdown.index("### vocals")
+    assert "](plots/quality_cost.png)" in markdown

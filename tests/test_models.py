@@ -184,6 +184,23 @@ def test_unet_lite_can_output_exact_silence():
         assert torch.equal(model(torch.randn(1, 2, 8000)), torch.zeros(1, 2, 2, 8000))
 
 
+def test_unet_lite_masks_start_inside_the_clamp_so_every_bin_learns():
+    """A clamped mask has no gradient where it is clamped: at initialisation every mask is near 0.5, not at the
+    kink at 0 where half of them would start dead (a seed of the demo study got stuck at 2 dB that way)."""
+    torch.manual_seed(0)
+    model = build_model("unet_lite", ["drums"], 2, 8000)
+    mix = torch.randn(2, 2, 8000)
+
+    def inside() -> float:  # fraction of (unclamped) masks strictly inside (0, 1), Nyquist bin left out
+        with torch.no_grad():
+            masks = model.head_output(model.stft(mix / model.input_scale(mix)).abs())[..., :-1, :]
+        return ((masks > 0) & (masks < 1)).float().mean().item()
+
+    assert torch.equal(model.head.bias, torch.full_like(model.head.bias, 0.5))
+    assert inside() > 0.8  # training mode: batch statistics and dropout spread them
+    assert model.eval() and inside() > 0.99
+
+
 def test_unet_lite_checkpoint_from_before_the_mask_head_keeps_its_head(tmp_path):
     """A stored config without ``output`` and ``normalize`` is the first head: log1p magnitudes, no normalisation."""
     torch.manual_seed(0)

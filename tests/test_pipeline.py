@@ -303,3 +303,37 @@ def test_activation_checkpointing_is_a_training_option_that_resumes_either_way(d
     assert second.exit_code == 0, second.output
     assert not calls
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["training"]["epoch"] == 2
+
+
+def test_two_stems_are_scored_against_the_target_and_the_rest_with_sir_sar(demo_cache, tmp_path):
+    """A single-target model's predictions (drums, no_drums) are scored jointly against drums and the sum of
+    the other sources; the demo corpus' recording noise floor keeps the references well-conditioned, so
+    isr/sir/sar are reported (with museval's values, from museval itself where installed)."""
+    cache = StemCache(demo_cache)
+    track = cache.tracks("test")[0]
+    refs = dict(zip(cache.sources, cache.read("test", track)))
+    rest = refs["vocals"] + refs["bass"] + refs["other"]
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "preds" / track
+    folder.mkdir(parents=True)
+    estimates = {"drums": refs["drums"] + 0.3 * rest + 0.02 * rng.standard_normal(rest.shape).astype(np.float32)}
+    estimates["no_drums"] = cache.read_mixture("test", track) - estimates["drums"]
+    for stem, data in estimates.items():
+        sf.write(folder / f"{stem}.wav", data.T, 8000, subtype="FLOAT")
+    scores = tmp_path / "scores.json"
+    result = CliRunner().invoke(main, ["score", str(tmp_path / "preds"), "--ref", str(demo_cache),
+                                       "--museval", "-o", str(scores)])
+    assert result.exit_code == 0, result.output
+    values = json.loads(scores.read_text())["tracks"][track]
+    assert set(values) == {"drums", "no_drums"}
+    for stem in ("drums", "no_drums"):
+        assert not values[stem].get("ill_conditioned") and np.isfinite(values[stem]["sir"])
+    from mss_tools.metrics import usdr
+    assert values["no_drums"]["usdr"] == pytest.approx(usdr(rest, estimates["no_drums"]), abs=1e-6)
+    museval = pytest.importorskip("museval.metrics")
+    pair = np.stack([refs["drums"].T, rest.T]).astype(np.float64)
+    est_pair = np.stack([estimates["drums"].T, estimates["no_drums"].T]).astype(np.float64)
+    sdr, _, sir, sar, _ = museval.bss_eval(pair, est_pair, compute_permutation=False, window=8000, hop=8000,
+                                           framewise_filters=False, bsseval_sources_version=False)
+    np.testing.assert_allclose(values["drums"]["frames"]["sir"], sir[0], atol=1e-2)
+    np.testing.assert_allclose(values["drums"]["frames"]["sar"], sar[0], atol=1e-2)

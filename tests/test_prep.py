@@ -216,3 +216,13 @@ def test_truncated_stem_mp4_is_bad_input(tmp_path):
     result = invoke(root, tmp_path / "m.h5")
     assert result.exit_code == 2, result.output
     assert "Broken.stem.mp4" in result.output
+
+
+def test_demo_test_tracks_sets_the_size_of_the_test_split(tmp_path):
+    result = CliRunner().invoke(main, ["prep", "--sr", "8000", "--demo-tracks", "12", "--demo-test-tracks", "6",
+                                       "--demo-duration", "1", "demo", str(tmp_path / "c.h5")])
+    assert result.exit_code == 0, result.output
+    cache = StemCache(tmp_path / "c.h5")
+    assert [len(cache.tracks(split)) for split in ("train", "valid", "test")] == [4, 2, 6]
+    assert CliRunner().invoke(main, ["prep", "--demo-tracks", "12", "--demo-test-tracks", "11", "demo",
+                                     str(tmp_path / "d.h5")]).exit_code == 2

@@ -212,3 +212,39 @@ def test_command_txt_keeps_every_command_that_trained_the_experiment(demo_cache,
     train(str(demo_cache), tmp_path, config(1), argv=["mss", "train", "--epochs", "1"])  # finished: nothing to do
     train(str(demo_cache), tmp_path, config(2), argv=["mss", "train", "--epochs", "2"])
     assert (tmp_path / "command.txt").read_text().splitlines() == ["mss train --epochs 1", "mss train --epochs 2"]
+
+
+def test_inactive_targets_get_no_loss_and_all_active_is_the_plain_loss():
+    """A multi-target curriculum stage leaves targets out of the mixture: those (example, target) pairs are
+    absent, not silent, and do not train the model towards silence."""
+    from mss_tools.losses import l1_wave
+    from mss_tools.training import active_loss
+
+    torch.manual_seed(0)
+    estimate, reference = torch.randn(3, 4, 2, 100), torch.randn(3, 4, 2, 100)
+    every = torch.ones(3, 4, dtype=torch.bool)
+    assert active_loss(l1_wave, estimate, reference, every, None) == l1_wave(estimate, reference)
+    active = torch.tensor([[True, False, True, False], [False, False, True, True], [True, True, False, False]])
+    expected = torch.stack([(estimate[b, s] - reference[b, s]).abs().mean() for b, s in active.nonzero()]).mean()
+    assert torch.allclose(active_loss(l1_wave, estimate, reference, active, None), expected)
+    changed = estimate.clone()
+    changed[~active] = 1e3  # whatever the model outputs for an absent target costs nothing
+    assert active_loss(l1_wave, changed, reference, active, None) == active_loss(l1_wave, estimate, reference,
+                                                                                  active, None)
+
+
+def test_training_examples_say_which_targets_are_active(demo_cache):
+    from mss_tools.mixing import MixSpec
+    from mss_tools.training import TrainExamples
+
+    sources = ["vocals", "drums", "bass", "other"]
+    stage1 = TrainExamples(str(demo_cache), sources, MixSpec(targets=sources, segment=0.5, active_sources=2,
+                                                             stage=1), seed=3)
+    for position in range(6):
+        mixture, targets, active = stage1[position]
+        assert active.dtype == torch.bool and int(active.sum()) == 2
+        assert torch.allclose(mixture, targets[active].sum(0), atol=1e-5)
+        assert not targets[~active].any()
+    drums = TrainExamples(str(demo_cache), ["drums"], MixSpec(targets=["drums"], segment=0.5, active_sources=2,
+                                                              stage=1), seed=3)
+    assert all(bool(drums[p][2].all()) for p in range(6))

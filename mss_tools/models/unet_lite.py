@@ -103,6 +103,9 @@ class UNetLite(SeparationModel):
             self.merge.append(_conv_bn_relu(2 * width, width, kernel_size))
             in_ch = width
         self.head = nn.Conv2d(in_ch, len(self.sources) * audio_channels, 1)
+        if config.output == "mask":
+            # start every mask at 0.5, inside the clamp: a bin whose mask starts below 0 gets no gradient
+            nn.init.constant_(self.head.bias, 0.5)
 
     def head_output(self, magnitude: torch.Tensor) -> torch.Tensor:
         """Mixture magnitude ``(batch, audio_channels, freq, frames)`` -> what the head predicts, ``(batch, sources,

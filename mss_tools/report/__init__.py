@@ -21,8 +21,9 @@ from mss_tools.report import html, plots, questions, stats
 from mss_tools.report import listening as listening_module
 from mss_tools.report.runs import Run, label_of, load_runs, load_scores, run_of
 from mss_tools.report.seeds import merge_seeds, seeds_note
-from mss_tools.report.tables import (MODELS_COLUMNS, collapse_note, csv_text, loss_note, ill_conditioned_note, markdown_tables, model_rows,
-                                     silent_reference_note, table_rows, track_set_warning)
+from mss_tools.report.tables import (MODELS_COLUMNS, collapse_note, csv_text, ill_conditioned_note, loss_note,
+                                     markdown_tables, model_rows, quality_cost_markdown, silent_reference_note,
+                                     table_rows, track_set_warning)
 
 __all__ = ["compare", "markdown_summary", "load_runs", "load_scores", "label_of", "table_rows", "markdown_tables",
            "csv_text", "Run"]
@@ -52,7 +53,8 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
                          silent_reference_note(runs), ill_conditioned_note(runs)) if n]
     comparisons = stats.all_pairs(runs, bootstrap, seed) if len(runs) > 1 else []
     found = questions.answers(runs, bootstrap, seed)
-    text = questions.markdown(found) + markdown_tables(rows, {run.label: run.info for run in runs})
+    text = (questions.markdown(found) + quality_cost_markdown(runs)
+            + markdown_tables(rows, {run.label: run.info for run in runs}))
     if notes:
         text += "\n" + "\n\n".join(notes) + "\n"
     if len(runs) > 1:
@@ -90,10 +92,15 @@ def _write_report(folder: Path, runs, rows, notes, comparisons, found, text: str
     write_text(folder / "models.csv", csv_text(model_rows(runs), MODELS_COLUMNS))
     write_text(folder / "pairs.csv", stats.csv_text(comparisons))
     log.info("plotting")
-    figures = [p for p in [plots.sdr_boxplots(runs, folder / "plots")] if p is not None]
+    quality_figure = plots.quality_cost_plot(runs, folder / "plots")
+    figures = [p for p in [quality_figure, plots.sdr_boxplots(runs, folder / "plots")] if p is not None]
     figures += plots.paired_difference_plots(runs, folder / "plots")
     figure_links = "".join(f"\n![{p.title}]({p.png.relative_to(folder).as_posix()})\n\n{p.caption}\n"
-                           for p in figures)
+                           for p in figures if p is not quality_figure)
+    if quality_figure is not None:  # the picture goes with its table, right after the answers
+        quality = quality_cost_markdown(runs)
+        text = text.replace(quality, quality + f"\n![{quality_figure.title}]"
+                            f"({quality_figure.png.relative_to(folder).as_posix()})\n\n{quality_figure.caption}\n", 1)
     write_text(folder / "RESULTS.md", "# Results\n\n" + text + ("\n## Plots\n" + figure_links if figures else ""))
     clips = None
     if listening:

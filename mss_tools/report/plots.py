@@ -2,6 +2,8 @@
 
 - ``sdr_boxplots``: SiSEC-style boxplots of framewise ``sdr`` (every frame of every track, NaN
   frames dropped), one panel per source, one box per model.
+- ``quality_cost_plot``: quality against cost (Q4), one point per trained model: sdr (mean over its
+  target sources) against parameters and against separation speed, the baselines as lines.
 - ``paired_difference_plots``: per pair of models, per source, the per-track difference of
   ``sdr`` (the track's median over frames; ``usdr`` where there is no ``sdr``) as sorted bars
   around a zero line.
@@ -20,7 +22,7 @@ import numpy as np
 from mss_tools.outputs import atomic_path
 from mss_tools.report.runs import Run
 from mss_tools.report.stats import paired_differences
-from mss_tools.report.tables import sources_of
+from mss_tools.report.tables import sources_of, target_quality
 
 PANEL_WIDTH = 3.6  # inches per source panel
 MAX_TRACK_LABELS = 60
@@ -120,6 +122,44 @@ def sdr_boxplots(runs: Sequence[Run], folder: Path) -> Plot | None:
     if clipped:
         caption += " The axis spans the whiskers with some room; frames beyond it are counted in the panel."
     return Plot("Framewise sdr per source and model", png, svg, caption)
+
+
+def quality_cost_plot(runs: Sequence[Run], folder: Path) -> Plot | None:
+    """sdr against parameters (left) and against separation speed (right), one labelled point per trained
+    model; models without weights (the baselines) are horizontal lines. ``None`` without a trained model."""
+    from matplotlib.figure import Figure
+
+    trained = [(run, target_quality(run)[0]) for run in runs if run.info.num_parameters]
+    trained = [(run, q) for run, q in trained if np.isfinite(q)]
+    if not trained:
+        return None
+    baselines = [(run, target_quality(run)[0]) for run in runs if not run.info.num_parameters]
+    colors = _colors(len(trained))
+    figure = Figure(figsize=(2 * PANEL_WIDTH + 2.4, 4.0), layout="constrained")
+    axes = figure.subplots(1, 2, sharey=True)
+    for ax, axis_name, value in ((axes[0], "parameters", lambda r: r.info.num_parameters),
+                                 (axes[1], "separation speed (x real time)", lambda r: r.info.speed)):
+        for (run, quality), color in zip(trained, colors):
+            x = value(run)
+            if x:
+                ax.scatter([x], [quality], color=color, s=36, zorder=3)
+                ax.annotate(run.label, (x, quality), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        for run, quality in baselines:
+            if np.isfinite(quality):
+                ax.axhline(quality, color="0.5", linewidth=0.8, linestyle="--")
+                ax.text(0.01, quality, f" {run.label}", transform=ax.get_yaxis_transform(), fontsize=7,
+                        color="0.35", va="bottom")
+        ax.axhline(0.0, color="0.75", linewidth=0.8, zorder=0)
+        ax.set_xscale("log")
+        ax.set_xlabel(axis_name)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("sdr (dB, median over tracks)")
+    png, svg = save(figure, folder, "quality_cost")
+    return Plot("Quality against cost", png, svg,
+                "One point per trained model: per track the mean over its target sources of the median framewise "
+                "sdr, then the median over tracks, against its parameter count (left) and its separation speed, "
+                "seconds of audio per wall-clock second (right; both axes logarithmic). Dashed: the baselines; "
+                "silence scores 0 dB.")
 
 
 def pair_metric(a: Run, b: Run, source: str) -> str | None:

@@ -74,6 +74,20 @@ class ModelInfo:
     loss: str | None = None
     speed: float | None = None
     device: str | None = None
+    budget: "TrainingBudget | None" = None
+
+
+@dataclass
+class TrainingBudget:
+    """What training a checkpoint cost, summed over its chain of warm starts (``--init``, e.g. the
+    curriculum's stages): optimizer ``steps``, ``examples`` seen, their audio in ``seconds`` and the
+    training wall time ``train_seconds`` (the epochs' time, validation included)."""
+
+    steps: int
+    examples: int
+    audio_seconds: float
+    train_seconds: float
+    stages: int
 
 
 @dataclass
@@ -205,6 +219,7 @@ def model_info(document: dict[str, Any], manifest: dict[str, Any]) -> ModelInfo:
             info.num_parameters = int(count)
         loss = _read_json(Path(info.checkpoint).parent / "config.json").get("loss")
         info.loss = loss if isinstance(loss, str) else None
+        info.budget = training_budget(Path(info.checkpoint).parent)
     info.speed, info.device = separation_speed(manifest)
     return info
 
@@ -237,3 +252,38 @@ def _read_json(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return document if isinstance(document, dict) else {}
+
+
+def training_budget(experiment: Path, chain_limit: int = 20) -> TrainingBudget | None:
+    """The :class:`TrainingBudget` of the experiment folder ``experiment`` (its ``config.json`` and
+    ``metrics.jsonl``) plus those of the checkpoints it was warm-started from; ``None`` if unknown."""
+    steps = examples = stages = 0
+    audio_seconds = train_seconds = 0.0
+    folder: Path | None = experiment
+    while folder is not None and stages < chain_limit:
+        config = _read_json(folder / "config.json")
+        try:
+            records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+            epochs = [r for r in records if isinstance(r, dict) and "step" in r]
+            run_steps = int(epochs[-1]["step"])
+            per_step = int(config["batch_size"]) * int(config.get("accum_steps") or 1)
+            audio_seconds += run_steps * per_step * float(config["segment"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+        steps += run_steps
+        examples += run_steps * per_step
+        train_seconds += sum(_number(r.get("epoch_seconds")) for r in epochs if r.get("epoch_seconds") is not None)
+        stages += 1
+        folder = _init_folder(folder, config.get("init"))
+    return TrainingBudget(steps, examples, audio_seconds, train_seconds, stages)
+
+
+def _init_folder(experiment: Path, init: Any) -> Path | None:
+    """The experiment folder of the checkpoint ``init`` that ``experiment`` was warm-started from. ``mss
+    train`` keeps ``--init`` as given, relative to where it ran: tried from the current folder, then from
+    each folder above ``experiment``."""
+    if not isinstance(init, str) or not init:
+        return None
+    path = Path(init)
+    candidates = [path] if path.is_absolute() else [path, *(a / path for a in experiment.resolve().parents)]
+    return next((c.parent for c in candidates if (c.parent / "config.json").is_file()), None)

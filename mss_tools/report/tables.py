@@ -15,11 +15,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mss_tools.formats import is_complement_stem
 from mss_tools.metrics import collapse_reasons
 from mss_tools.report.runs import ModelInfo, Run, metric_sort_key
 
 RESULTS_COLUMNS = ["source", "model", "metric", "median", "mean", "tracks"]
-MODELS_COLUMNS = ["model", "arch", "num_parameters", "loss", "speed_x_realtime", "device", "checkpoint", "scores"]
+MODELS_COLUMNS = ["model", "arch", "num_parameters", "loss", "speed_x_realtime", "device", "train_steps",
+                  "train_examples", "train_seconds", "checkpoint", "scores"]
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float, int]:
@@ -200,5 +202,44 @@ def csv_text(rows: list[dict[str, Any]], columns: Sequence[str] = RESULTS_COLUMN
 def model_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
     """One row per model: what is known about it (``None`` where unknown)."""
     return [{"model": run.label, "arch": run.info.arch, "num_parameters": run.info.num_parameters,
-             "loss": run.info.loss, "speed_x_realtime": run.info.speed, "device": run.info.device, "checkpoint": run.info.checkpoint,
-             "scores": str(run.path)} for run in runs]
+             "loss": run.info.loss, "speed_x_realtime": run.info.speed, "device": run.info.device,
+             "train_steps": run.info.budget.steps if run.info.budget else None,
+             "train_examples": run.info.budget.examples if run.info.budget else None,
+             "train_seconds": round(run.info.budget.train_seconds, 1) if run.info.budget else None,
+             "checkpoint": run.info.checkpoint, "scores": str(run.path)} for run in runs]
+
+
+def target_quality(run: Run, metric: str = "sdr") -> tuple[float, list[str]]:
+    """A run's quality in one number: per track the mean of ``metric`` over the sources it separates (not
+    the complements no_<source>/accompaniment; tracks missing one are left out), then the median over
+    tracks; with the sources used. NaN when no track has them all."""
+    sources = [s for s in run.stems if not is_complement_stem(s) and metric in run.metrics(s)]
+    values = [run.track_values(s, metric) for s in sources]
+    per_track = [np.mean([v[t] for v in values]) for t in (set.intersection(*(set(v) for v in values)) if values
+                                                          else set())]
+    per_track = [v for v in per_track if math.isfinite(v)]
+    return (float(np.median(per_track)) if per_track else math.nan), sources
+
+
+def quality_cost_markdown(runs: Sequence[Run]) -> str:
+    """The quality-against-cost table (Q4): one row per trained model, sorted by parameters."""
+    rows = [(run, *target_quality(run)) for run in runs if run.info.num_parameters]
+    if not rows:
+        return ""
+    rows.sort(key=lambda r: r[0].info.num_parameters)
+    lines = ["## Quality against cost", "",
+             "| model | params | speed | sdr | steps | examples | train time | sources |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for run, quality, sources in rows:
+        budget = run.info.budget
+        spent = (f"{budget.steps} | {budget.examples} ({budget.audio_seconds / 60:.0f} min) | "
+                 f"{budget.train_seconds:.0f} s" if budget else " |  | ")
+        lines.append(f"| {run.label} | {fmt_parameters(run.info.num_parameters)} | {fmt_speed(run.info.speed)} | "
+                     f"{fmt_db(quality)} | {spent} | {', '.join(sources)} |")
+    lines += ["", "sdr: per track the mean over the model's target sources of the median framewise sdr, then the "
+              "median over tracks (silence scores 0 dB). speed: seconds of audio separated per wall-clock second "
+              "on the separation device. The budget of each model is summed over its warm starts (the curriculum's "
+              "stages): optimizer steps, examples seen (and their audio), training wall time with validation; a "
+              "model of several seeds shows its first seed's. The figure quality_cost plots sdr against size and "
+              "speed.", ""]
+    return "\n".join(lines) + "\n"
