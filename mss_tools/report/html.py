@@ -15,7 +15,7 @@ from mss_tools import __version__
 from mss_tools.report import stats as stats_module
 from mss_tools.report.excerpts import CATEGORIES
 from mss_tools.report.listening import DB_RANGE, Listening
-from mss_tools.report.plots import Plot
+from mss_tools.report.plots import QUALITY_PLOT, Plot
 from mss_tools.report.questions import Answer
 from mss_tools.report.runs import Run
 from mss_tools.report.tables import fmt_db, fmt_speed, grid
@@ -80,18 +80,23 @@ def answers_section(found: Sequence[Answer]) -> str:
 
 def models_section(runs: Sequence[Run]) -> str:
     header = [("model", False), ("arch", False), ("parameters", True), ("speed", True), ("device", False),
-              ("tracks", True), ("metrics", False), ("score file", False)]
+              ("steps", True), ("examples", True), ("train time", True), ("tracks", True), ("metrics", False),
+              ("score file", False)]
     body = []
     for run in runs:
-        info = run.info
+        info, budget = run.info, run.info.budget
         body.append([(run.label, ""), (info.arch or "", ""),
                      (f"{info.num_parameters:,}" if info.num_parameters is not None else "", "num"),
-                     (fmt_speed(info.speed), "num"), (info.device or "", ""), (str(len(run.tracks)), "num"),
+                     (fmt_speed(info.speed), "num"), (info.device or "", ""),
+                     (f"{budget.steps:,}" if budget else "", "num"), (f"{budget.examples:,}" if budget else "", "num"),
+                     (f"{budget.train_seconds:.0f} s" if budget else "", "num"), (str(len(run.tracks)), "num"),
                      (_backend(run.document), ""), (run.path.name, "")])
     return ("<h2 id=\"models\">Models</h2>" + _table(header, body)
             + '<p class="note">Parameters: from <code>provenance.json</code> next to the checkpoint; speed: '
               "seconds of audio separated per wall-clock second (x real time), from the predictions' "
-              "<code>manifest.json</code>; empty when unknown.</p>")
+              "<code>manifest.json</code>; the training budget (optimizer steps, examples, wall time with "
+              "validation) summed over the checkpoint's warm starts, from each stage's <code>config.json</code> and "
+              "<code>metrics.jsonl</code> (a model of several seeds: its first seed's); empty when unknown.</p>")
 
 
 def _backend(document: dict[str, Any]) -> str:
@@ -155,15 +160,23 @@ def statistics_section(comparisons: Sequence[stats_module.PairedComparison], res
     return "".join(parts)
 
 
+def quality_section(plots: Sequence[Plot], base) -> str:
+    """The quality-against-cost figure (Q4), right after the answers."""
+    return "".join(f'<h2 id="quality">{escape(plot.title)}</h2>' + _figure(plot, base, heading=False) for plot in plots)
+
+
+def _figure(plot: Plot, base, heading: bool = True) -> str:
+    svg = plot.svg.relative_to(base).as_posix()
+    return (f"<figure>{f'<h3>{escape(plot.title)}</h3>' if heading else ''}"
+            f'<img src="{data_uri(plot.png, "image/png")}" alt="{escape(plot.title)}">'
+            f'<figcaption>{escape(plot.caption)} <a href="{escape(svg)}">SVG</a></figcaption></figure>')
+
+
 def plots_section(plots: Sequence[Plot], base) -> str:
     parts = ['<h2 id="plots">Plots</h2>']
     if not plots:
         return parts[0] + '<p class="note">No plots: the score files hold no framewise or per-track values.</p>'
-    for plot in plots:
-        svg = plot.svg.relative_to(base).as_posix()
-        parts.append(f"<figure><h3>{escape(plot.title)}</h3>"
-                     f'<img src="{data_uri(plot.png, "image/png")}" alt="{escape(plot.title)}">'
-                     f'<figcaption>{escape(plot.caption)} <a href="{escape(svg)}">SVG</a></figcaption></figure>')
+    parts += [_figure(plot, base) for plot in plots]
     return "".join(parts)
 
 
@@ -204,13 +217,13 @@ def render(runs: Sequence[Run], rows: list[dict[str, Any]], notes: Sequence[str]
     """The whole page as one string; ``base``: the folder the page is written to (for relative SVG links)."""
     labels = ", ".join(run.label for run in runs)
     nav = "".join(f'<a href="#{anchor}">{title}</a>' for anchor, title in
-                  (("answers", "Answers"), ("models", "Models"), ("results", "Results"), ("statistics", "Statistics"), ("plots", "Plots"),
+                  (("answers", "Answers"), ("quality", "Quality vs cost"), ("models", "Models"), ("results", "Results"), ("statistics", "Statistics"), ("plots", "Plots"),
                    ("listening", "Listening")))
     body = "".join([
         f"<h1>Model comparison</h1><p class=\"meta\">{len(runs)} models: {escape(labels)} · mss compare "
         f"{escape(__version__)}</p><nav>{nav}</nav>",
-        answers_section(found), models_section(runs), results_section(rows, notes), statistics_section(comparisons, resamples, seed),
-        plots_section(plots, base), listening_section(listening, seconds),
+        answers_section(found), quality_section([p for p in plots if p.name == QUALITY_PLOT], base), models_section(runs), results_section(rows, notes), statistics_section(comparisons, resamples, seed),
+        plots_section([p for p in plots if p.name != QUALITY_PLOT], base), listening_section(listening, seconds),
     ])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

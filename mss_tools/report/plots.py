@@ -30,6 +30,7 @@ MAX_PAIR_PLOTS = 15  # above this many pairs only the curriculum/control and bas
 CONTROL_SUFFIX = "_nocurriculum"  # the recipes' label of an architecture's no-curriculum control
 WHISKER_MARGIN = 0.25  # the axis spans the whiskers plus this fraction of their range on each side
 POSITIVE, NEGATIVE = "#2b7bba", "#e07b39"
+QUALITY_PLOT = "quality_cost"  # file name of the quality-against-cost figure
 
 
 @dataclass
@@ -40,6 +41,10 @@ class Plot:
     png: Path
     svg: Path
     caption: str
+
+    @property
+    def name(self) -> str:
+        return self.png.stem
 
 
 def _colors(count: int) -> list:
@@ -154,7 +159,7 @@ def quality_cost_plot(runs: Sequence[Run], folder: Path) -> Plot | None:
         ax.set_xlabel(axis_name)
         ax.grid(alpha=0.3, which="both")
     axes[0].set_ylabel("sdr (dB, median over tracks)")
-    png, svg = save(figure, folder, "quality_cost")
+    png, svg = save(figure, folder, QUALITY_PLOT)
     return Plot("Quality against cost", png, svg,
                 "One point per trained model: per track the mean over its target sources of the median framewise "
                 "sdr, then the median over tracks, against its parameter count (left) and its separation speed, "
