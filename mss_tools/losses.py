@@ -51,11 +51,40 @@ def l1_complex_wave(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch.T
     return diff.real.abs().mean() + diff.imag.abs().mean() + (est - ref).abs().mean()
 
 
+# The multi-resolution STFT loss of the RoFormers' reference implementation, at 44.1 kHz: Hann windows of
+# these lengths in frames of max(window, 2048) points, hop 147; scaled with the sample rate elsewhere.
+MULTIRES_WINDOWS = (4096, 2048, 1024, 512, 256)
+MULTIRES_N_FFT, MULTIRES_HOP, MULTIRES_RATE = 2048, 147, 44100
+_MULTIRES: dict[tuple[int, torch.device], list[STFT]] = {}
+
+
+def multires_stfts(sample_rate: int, device: torch.device) -> list[STFT]:
+    """The STFTs of :func:`l1_multires_stft` at ``sample_rate`` (the reference's at 44.1 kHz)."""
+    key = (sample_rate, device)
+    if key not in _MULTIRES:
+        scale = sample_rate / MULTIRES_RATE
+        hop = max(1, round(MULTIRES_HOP * scale))
+        floor = max(16, round(MULTIRES_N_FFT * scale))
+        _MULTIRES[key] = [STFT(max(floor, round(w * scale)), hop, win_length=max(16, round(w * scale))).to(device)
+                          for w in MULTIRES_WINDOWS]
+    return _MULTIRES[key]
+
+
+def l1_multires_stft(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch.Tensor:
+    """L1 on the waveform plus, for each of five STFT resolutions, the mean modulus of the complex
+    spectrogram difference (BS-RoFormer, Mel-RoFormer)."""
+    loss = (est - ref).abs().mean()
+    for stft in multires_stfts(getattr(model, "sample_rate", MULTIRES_RATE), est.device):
+        loss = loss + (stft(est) - stft(ref)).abs().mean()
+    return loss
+
+
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "l1_wave": l1_wave,
     "mse_wave": mse_wave,
     "l1_magnitude": l1_magnitude,
     "l1_complex_wave": l1_complex_wave,
+    "l1_multires_stft": l1_multires_stft,
 }
 
 

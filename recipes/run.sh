@@ -50,7 +50,7 @@ mss="python -m mss_tools"   # the mss command
 conf="$(dirname "$0")/conf/$preset/$arch.json"
 case $arch in mixture|silence) baseline=true ;; *) baseline=false ;; esac
 if [ $baseline = false ] && [ ! -f "$conf" ]; then
-  echo "$0: no config $conf (architectures: unet unet_lite demucs_lstm demucs_attn bsrnn bsrnn_se, or the baselines mixture, silence; presets: demo lite paper tiny)" >&2
+  echo "$0: no config $conf (architectures: $(ls "$(dirname "$0")/conf/$preset" 2>/dev/null | sed "s/\.json$//" | tr "\n" " ")or the baselines mixture, silence; presets: demo lite paper tiny)" >&2
   exit 2
 fi
 if [ -z "$sample_rate" ]; then

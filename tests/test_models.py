@@ -18,6 +18,8 @@ TINY = {
     "demucs_attn": {"channels": 4, "depth": 2},
     "bsrnn": {"feature_dim": 8, "hidden_dim": 8, "num_blocks": 1},
     "bsrnn_se": {"feature_dim": 8, "hidden_dim": 8, "num_blocks": 1},
+    "bs_roformer": {"dim": 8, "depth": 1, "heads": 2, "dim_head": 4, "ff_mult": 2, "mask_mult": 1},
+    "mel_roformer": {"dim": 8, "depth": 2, "heads": 2, "dim_head": 4, "ff_mult": 2, "mask_mult": 1, "num_bands": 12},
 }
 
 
@@ -54,7 +56,7 @@ def test_gradients_reach_every_parameter_with_the_default_loss(arch):
         assert torch.isfinite(parameter.grad).all(), name
 
 
-@pytest.mark.parametrize("name", ["demucs_lstm", "demucs_attn", "bsrnn", "bsrnn_se"])
+@pytest.mark.parametrize("name", ["demucs_lstm", "demucs_attn", "bsrnn", "bsrnn_se", "bs_roformer", "mel_roformer"])
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(name):
     torch.manual_seed(0)
     model = tiny(name)
@@ -92,7 +94,7 @@ def test_checkpoint_round_trip_gives_identical_output(arch, tmp_path):
 def test_weights_of_another_config_are_refused_clearly(arch, tmp_path):
     model = tiny(arch)
     payload = model_payload(model)
-    key = next(k for k in ("channels", "feature_dim") if k in payload["config"])
+    key = next(k for k in ("channels", "feature_dim", "dim") if k in payload["config"])
     payload["config"][key] = payload["config"][key] * 2
     save_checkpoint(tmp_path / "m.pt", payload)
     with pytest.raises(BadInput, match=f"weights do not fit architecture '{arch}'"):
@@ -125,7 +127,7 @@ def test_spectrogram_models_say_their_stft_hop(arch):
     model = tiny(arch)
     stft = getattr(model, "stft", None)
     assert model.stft_hop == (stft.hop_length if stft is not None else 1)
-    assert (model.stft_hop > 1) == (arch in ("unet", "unet_lite", "bsrnn", "bsrnn_se"))
+    assert (model.stft_hop > 1) == (arch in ("unet", "unet_lite", "bsrnn", "bsrnn_se", "bs_roformer", "mel_roformer"))
 
 
 def test_unet_with_all_pass_masks_reconstructs_the_mixture():

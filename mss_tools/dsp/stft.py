@@ -19,14 +19,16 @@ class STFT(nn.Module):
     Leading dimensions (batch, sources, channels) are kept as they are.
     """
 
-    def __init__(self, n_fft: int = 2048, hop_length: int = 512, center: bool = True):
+    def __init__(self, n_fft: int = 2048, hop_length: int = 512, center: bool = True, win_length: int | None = None):
         super().__init__()
-        if n_fft <= 0 or hop_length <= 0 or hop_length > n_fft:
-            raise ValueError(f"invalid STFT: n_fft={n_fft}, hop_length={hop_length}")
+        win_length = win_length or n_fft
+        if n_fft <= 0 or hop_length <= 0 or hop_length > n_fft or not 0 < win_length <= n_fft:
+            raise ValueError(f"invalid STFT: n_fft={n_fft}, hop_length={hop_length}, win_length={win_length}")
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.center = center
-        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.win_length = win_length  # a shorter Hann window sits in the middle of the n_fft-point frame
+        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
 
     @property
     def n_freq(self) -> int:
@@ -39,7 +41,8 @@ class STFT(nn.Module):
         shape = wave.shape
         flat = wave.reshape(-1, shape[-1])
         window = self.window.to(device=flat.device, dtype=flat.dtype)
-        spec = torch.stft(flat, self.n_fft, self.hop_length, window=window, center=self.center,
+        spec = torch.stft(flat, self.n_fft, self.hop_length, win_length=self.win_length, window=window,
+                          center=self.center,
                           pad_mode="reflect" if shape[-1] > self.n_fft // 2 else "constant",
                           normalized=False, onesided=True, return_complex=True)
         return spec.reshape(*shape[:-1], *spec.shape[-2:])
@@ -48,6 +51,7 @@ class STFT(nn.Module):
         shape = spec.shape
         flat = spec.reshape(-1, *shape[-2:])
         window = self.window.to(device=flat.device, dtype=flat.real.dtype)
-        wave = torch.istft(flat, self.n_fft, self.hop_length, window=window, center=self.center,
+        wave = torch.istft(flat, self.n_fft, self.hop_length, win_length=self.win_length, window=window,
+                           center=self.center,
                            normalized=False, onesided=True, length=length)
         return wave.reshape(*shape[:-2], length)

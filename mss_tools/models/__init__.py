@@ -21,6 +21,8 @@ ARCHITECTURES: dict[str, str] = {
     "demucs_attn": "mss_tools.models.demucs:DemucsAttention",
     "bsrnn": "mss_tools.models.bsrnn:BSRNN",
     "bsrnn_se": "mss_tools.models.bsrnn:BSRNNSE",
+    "bs_roformer": "mss_tools.models.bs_roformer:BSRoFormer",
+    "mel_roformer": "mss_tools.models.mel_roformer:MelRoFormer",
 }
 
 BASELINES: dict[str, str] = {
