@@ -23,6 +23,7 @@ ARCHITECTURES: dict[str, str] = {
     "bsrnn_se": "mss_tools.models.bsrnn:BSRNNSE",
     "bs_roformer": "mss_tools.models.bs_roformer:BSRoFormer",
     "mel_roformer": "mss_tools.models.mel_roformer:MelRoFormer",
+    "tfc_tdf_v3": "mss_tools.models.tfc_tdf_v3:TFCTDFv3",
 }
 
 BASELINES: dict[str, str] = {
