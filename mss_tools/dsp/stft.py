@@ -19,16 +19,22 @@ class STFT(nn.Module):
     Leading dimensions (batch, sources, channels) are kept as they are.
     """
 
-    def __init__(self, n_fft: int = 2048, hop_length: int = 512, center: bool = True, win_length: int | None = None):
+    WINDOWS = ("hann", "rectangular")
+
+    def __init__(self, n_fft: int = 2048, hop_length: int = 512, center: bool = True, win_length: int | None = None,
+                 window: str = "hann"):
         super().__init__()
         win_length = win_length or n_fft
         if n_fft <= 0 or hop_length <= 0 or hop_length > n_fft or not 0 < win_length <= n_fft:
             raise ValueError(f"invalid STFT: n_fft={n_fft}, hop_length={hop_length}, win_length={win_length}")
+        if window not in self.WINDOWS:
+            raise ValueError(f"invalid STFT window {window!r}; choose one of {', '.join(self.WINDOWS)}")
         self.n_fft = n_fft
         self.hop_length = hop_length
         self.center = center
-        self.win_length = win_length  # a shorter Hann window sits in the middle of the n_fft-point frame
-        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+        self.win_length = win_length  # a shorter window sits in the middle of the n_fft-point frame
+        self.register_buffer("window", torch.hann_window(win_length) if window == "hann" else torch.ones(win_length),
+                             persistent=False)
 
     @property
     def n_freq(self) -> int:

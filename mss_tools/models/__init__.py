@@ -24,6 +24,7 @@ ARCHITECTURES: dict[str, str] = {
     "bs_roformer": "mss_tools.models.bs_roformer:BSRoFormer",
     "mel_roformer": "mss_tools.models.mel_roformer:MelRoFormer",
     "tfc_tdf_v3": "mss_tools.models.tfc_tdf_v3:TFCTDFv3",
+    "scnet": "mss_tools.models.scnet:SCNet",
 }
 
 BASELINES: dict[str, str] = {
