@@ -40,6 +40,7 @@ demo_tracks=40              # tracks of the demo corpus: 3 valid, demo_test_trac
 demo_test_tracks=16         # test tracks of the demo corpus (enough for a paired test)
 demo_duration=10            # seconds per demo track
 prep=true                   # run stage 0 (run_all.sh preps once, before the architectures run in parallel)
+train_jobs=auto             # training chains (each seed's curriculum and control) run at once, each with cores/train_jobs threads; auto: 2 for the CPU presets (demo, tiny) on 2+ cores, else 1
 cmd=local                   # where the steps run: local or slurm (recipes/cmd.sh)
 mss="python -m mss_tools"   # the mss command
 
@@ -116,9 +117,8 @@ if [ $baseline = false ]; then
     run_step "$logs/${step}_train_${name//\//_}.log" $mss train --config "$conf" "${target_opt[@]}" --plan "$plan" \
       --epochs "$n_epochs" --device "$device" "${seed_opt[@]}" "${init_opt[@]}" -o "$dir/$name" "$cache"
   }
-  k=0
-  for sd in "${seed_dirs[@]}"; do
-    k=$((k + 1))
+  curriculum() {  # curriculum SEED_DIR SEED: stages 2, 3, 4 (each warm-started from the one before)
+    local sd=$1 k=$2
     if [ $stage -le 2 ] && [ $stop_stage -ge 2 ]; then
       log "Stage 2: train curriculum stage 1 (target + 1 distractor) -> $dir/${sd}s1"
       train_stage 2 "${sd}s1" "$dir/plans/${sd}s1.h5" "$epochs" $k
@@ -131,11 +131,41 @@ if [ $baseline = false ]; then
       log "Stage 4: train curriculum stage 3 (full mixtures), warm start from s2 -> $dir/${sd}s3"
       train_stage 4 "${sd}s3" "$dir/plans/${sd}s3.h5" "$epochs" $k "$dir/${sd}s2/best.pt"
     fi
+  }
+  no_curriculum() {  # no_curriculum SEED_DIR SEED: stage 5
+    local sd=$1 k=$2
     if [ $stage -le 5 ] && [ $stop_stage -ge 5 ] && [ "$control" = true ]; then
       log "Stage 5: train the no-curriculum control (full mixtures, the same total steps) -> $dir/${sd}control"
       train_stage 5 "${sd}control" "$dir/plans/${sd}s3.h5" $((3 * epochs)) $k
     fi
+  }
+  # the training chains, one curriculum and one control per seed: equal steps, independent of each other
+  chains=(); k=0
+  for sd in "${seed_dirs[@]}"; do
+    k=$((k + 1)); chains+=("curriculum ${sd:-.} $k")
+    [ "$control" = true ] && chains+=("no_curriculum ${sd:-.} $k")
   done
+  if [ "$train_jobs" = auto ]; then
+    train_jobs=1
+    case $preset in demo|tiny) case $device in auto|cpu) [ "$(nproc)" -ge 2 ] && train_jobs=2 ;; esac ;; esac
+  fi
+  case $train_jobs in ''|*[!0-9]*|0) echo "$0: --train-jobs must be auto or a positive number" >&2; exit 2 ;; esac
+  run_chain() { local fn=$1 sd=$2 k=$3; [ "$sd" = . ] && sd=; $fn "$sd" "$k"; }
+  if [ "$train_jobs" -eq 1 ] || [ ${#chains[@]} -le 1 ]; then
+    for chain in "${chains[@]}"; do run_chain $chain; done
+  else
+    # a queue of chains, train_jobs at a time, each with its share of the cores
+    threads=$(( $(nproc) / train_jobs > 0 ? $(nproc) / train_jobs : 1 ))
+    log "training ${#chains[@]} chains, $train_jobs at a time with $threads thread(s) each"
+    failed=0
+    for chain in "${chains[@]}"; do
+      while [ "$(jobs -rp | wc -l)" -ge "$train_jobs" ]; do wait -n || failed=1; done
+      [ $failed = 0 ] || break
+      OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads run_chain $chain &
+    done
+    while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
+    [ $failed = 0 ] || { log "a training chain failed (its log is named above)"; exit 1; }
+  fi
 fi
 
 if [ $stage -le 6 ] && [ $stop_stage -ge 6 ]; then

@@ -13,7 +13,6 @@
 set -euo pipefail
 
 archs="unet unet_lite demucs_lstm demucs_attn bsrnn bsrnn_se"  # architectures, run after the mixture and silence baselines
-parallel=auto               # architectures run at once, each with cores/parallel threads; auto: 2 for the CPU presets (demo, tiny) on 2+ cores, else 1
 FORWARD_TO=$(dirname "$0")/run.sh
 
 . "$(dirname "$0")/utils/parse_options.sh"
@@ -22,13 +21,6 @@ FORWARD_TO=$(dirname "$0")/run.sh
 
 case " ${forwarded_options[*]-} " in *" --arch "*) echo "$0: choose the architectures with --archs" >&2; exit 2 ;; esac
 
-cores=$(nproc)
-if [ "$parallel" = auto ]; then
-  parallel=1
-  case $preset in demo|tiny) case $device in auto|cpu) [ "$cores" -ge 2 ] && parallel=2 ;; esac ;; esac
-fi
-case $parallel in ''|*[!0-9]*|0) echo "$0: --parallel must be auto or a positive number" >&2; exit 2 ;; esac
-
 mkdir -p "$exp/logs"
 record_command "$exp/command.txt"
 started=$(date +%s)
@@ -36,36 +28,10 @@ for arch in mixture silence; do  # the first preps the cache that every architec
   log "=== $arch ==="
   bash "$FORWARD_TO" --arch "$arch" ${forwarded_options[@]+"${forwarded_options[@]}"}
 done
-if [ "$parallel" -eq 1 ]; then
-  for arch in $archs; do
-    log "=== $arch ==="
-    bash "$FORWARD_TO" --arch "$arch" ${forwarded_options[@]+"${forwarded_options[@]}"} --prep false
-  done
-else
-  # a job queue: $parallel architectures at a time, each with its share of the cores and its output in
-  # $exp/logs/run_<arch>.log; the first failure stops the queue (the running ones finish)
-  threads=$(( cores / parallel > 0 ? cores / parallel : 1 ))
-  log "running $parallel architectures at a time, $threads thread(s) each; progress in $exp/logs/run_<arch>.log"
-  failed=
-  declare -A job_arch=()
-  for arch in $archs; do
-    while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do
-      wait -n -p done_pid || failed="$failed ${job_arch[$done_pid]}"
-    done
-    [ -n "$failed" ] && break
-    log "=== $arch === (log: $exp/logs/run_$arch.log)"
-    OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads bash "$FORWARD_TO" --arch "$arch" \
-      ${forwarded_options[@]+"${forwarded_options[@]}"} --prep false > "$exp/logs/run_$arch.log" 2>&1 &
-    job_arch[$!]=$arch
-  done
-  while [ "$(jobs -rp | wc -l)" -gt 0 ]; do
-    wait -n -p done_pid || failed="$failed ${job_arch[$done_pid]}"
-  done
-  if [ -n "$failed" ]; then
-    for arch in $failed; do log "FAILED: $arch; the end of $exp/logs/run_$arch.log:"; tail -n 8 "$exp/logs/run_$arch.log" >&2; done
-    exit 1
-  fi
-fi
+for arch in $archs; do
+  log "=== $arch ==="
+  bash "$FORWARD_TO" --arch "$arch" ${forwarded_options[@]+"${forwarded_options[@]}"} --prep false
+done
 
 if [ $stage -le 9 ] && [ $stop_stage -ge 9 ]; then
   log "Stage 9: compare every run of the study -> $exp/report/, $exp/RESULTS.md"

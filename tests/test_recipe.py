@@ -102,7 +102,7 @@ def _stub_mss(tmp_path):
 def test_run_all_forwards_options_and_runs_each_baseline_once(tmp_path):
     mss, calls = _stub_mss(tmp_path)
     result = run_recipe("run_all.sh", "--archs", "unet unet_lite", "--exp", tmp_path / "exp", "--preset", "tiny",
-                        "--jobs", "1", "--museval", "false", "--device", "cpu", "--seeds", "1", "--parallel", "1",
+                        "--jobs", "1", "--museval", "false", "--device", "cpu", "--seeds", "1", "--train-jobs", "1",
                         "--mss", mss, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = calls.read_text().splitlines()
