@@ -134,6 +134,23 @@ def convert_option(key: str, value: Any, kind: Any) -> Any:
     return value
 
 
+def require_at_least_one(config: ModelConfig, keys: Sequence[str]) -> None:
+    """Refuse (:class:`BadInput`) a config whose option ``key`` is below 1, for any of ``keys``."""
+    for key in keys:
+        if config[key] < 1:
+            raise BadInput(f"option {key} must be at least 1, got {config[key]}")
+
+
+def model_stft(n_fft: int, hop_length: int, **options):
+    """The project's STFT for a model's options; an impossible combination is a :class:`BadInput`."""
+    from mss_tools.dsp import STFT
+
+    try:
+        return STFT(n_fft, hop_length, **options)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+
+
 class SeparationModel(nn.Module):
     """Base class of every registered architecture (a :class:`SourceSeparator`).
 

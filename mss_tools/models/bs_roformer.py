@@ -37,9 +37,9 @@ from fractions import Fraction
 
 import torch
 
-from mss_tools.dsp import STFT, model_n_fft
+from mss_tools.dsp import model_n_fft
 from mss_tools.errors import BadInput
-from mss_tools.models.base import ModelConfig, SeparationModel
+from mss_tools.models.base import ModelConfig, SeparationModel, model_stft, require_at_least_one
 from mss_tools.models.roformer import (AxialRoFormer, BandMaskEstimator, BandProjection, RMSNorm, deinterleave_mask,
                                        interleave_bins)
 
@@ -101,19 +101,15 @@ class BSRoFormer(SeparationModel):
                  config: BSRoFormerConfig | None = None, *, segment: float | None = None):
         super().__init__(sources, audio_channels, sample_rate, config, segment=segment)
         config = self.config
-        for key in ("dim", "depth", "time_depth", "band_depth", "heads", "dim_head", "ff_mult", "mask_mult"):
-            if config[key] < 1:
-                raise BadInput(f"option {key} must be at least 1, got {config[key]}")
+        require_at_least_one(config, ("dim", "depth", "time_depth", "band_depth", "heads", "dim_head", "ff_mult",
+                                      "mask_mult"))
         if config.dim_head % 2:
             raise BadInput(f"option dim_head must be even (rotary embedding pairs), got {config.dim_head}")
         if config.mask_hidden_layers < 0 or config.n_fft < 0 or config.hop_length < 0:
             raise BadInput("options mask_hidden_layers, n_fft and hop_length must not be negative")
         n_fft = config.n_fft or model_n_fft(self.sample_rate)
         hop_length = config.hop_length or max(1, round(0.01 * self.sample_rate))
-        try:
-            self.stft = STFT(n_fft, hop_length)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
+        self.stft = model_stft(n_fft, hop_length)
         self.band_widths = self.make_bands()
         values = [2 * self.audio_channels * width for width in self.band_widths]
         self.roformer = AxialRoFormer(config.dim, config.depth, config.time_depth, config.band_depth, config.heads,

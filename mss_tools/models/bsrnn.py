@@ -71,9 +71,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mss_tools.dsp import STFT, model_n_fft
+from mss_tools.dsp import model_n_fft
 from mss_tools.errors import BadInput
-from mss_tools.models.base import ModelConfig, SeparationModel
+from mss_tools.models.base import ModelConfig, SeparationModel, model_stft, require_at_least_one
 
 # Each scheme: (upper edge in Hz, bandwidth in Hz) segments from 0 Hz; everything above the
 # last upper edge (up to Nyquist) is one band. Band counts at 44.1 kHz / n_fft 2048 are the
@@ -406,9 +406,8 @@ class BSRNN(SeparationModel):
                  config: BSRNNConfig | None = None, *, segment: float | None = None):
         super().__init__(sources, audio_channels, sample_rate, config, segment=segment)
         config = self.config
-        for key in ("feature_dim", "hidden_dim", "num_blocks", "mlp_ratio", "mlp_layers", "se_reduction"):
-            if key in config and config[key] < 1:
-                raise BadInput(f"option {key} must be at least 1, got {config[key]}")
+        positive = ("feature_dim", "hidden_dim", "num_blocks", "mlp_ratio", "mlp_layers", "se_reduction")
+        require_at_least_one(config, [key for key in positive if key in config])
         for key in ("n_fft", "hop_length"):
             if config[key] < 0:
                 raise BadInput(f"option {key} must be 0 (auto) or positive, got {config[key]}")
@@ -423,10 +422,7 @@ class BSRNN(SeparationModel):
 
         n_fft = config.n_fft or model_n_fft(self.sample_rate)
         hop_length = config.hop_length or n_fft // 4
-        try:
-            self.stft = STFT(n_fft, hop_length)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
+        self.stft = model_stft(n_fft, hop_length)
         self.band_scheme = resolve_band_scheme(config.band_scheme, self.sources)
         self.band_widths = band_widths(self.band_scheme, self.sample_rate, n_fft)
 

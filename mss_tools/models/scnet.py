@@ -38,10 +38,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mss_tools.dsp import STFT
 from mss_tools.dsp.fft_sizes import nearest_power_of_two
 from mss_tools.errors import BadInput
-from mss_tools.models.base import ModelConfig, SeparationModel
+from mss_tools.models.base import ModelConfig, SeparationModel, model_stft, require_at_least_one
 
 PAPER_N_FFT, PAPER_RATE = 4096, 44100
 
@@ -91,8 +90,9 @@ class SDBlock(nn.Module):
 
     def forward(self, x: torch.Tensor):
         bands, sizes = [], []
+        bounds = band_bounds(x.shape[2], *self.fractions)
         for conv, module, stride, kernel, (start, stop) in zip(self.convs, self.conv_modules, self.strides, self.kernels,
-                                                              band_bounds(x.shape[2], *self.fractions)):
+                                                              bounds):
             band = x[:, :, start:stop]
             sizes.append(stop - start)
             pad = kernel - stride if stride == 1 else (stride - band.shape[2] % stride) % stride
@@ -211,10 +211,8 @@ class SCNet(SeparationModel):
                  config: SCNetConfig | None = None, *, segment: float | None = None):
         super().__init__(sources, audio_channels, sample_rate, config, segment=segment)
         config = self.config
-        for key in ("channels", "depth", "mid_stride", "high_stride", "low_kernel", "mid_kernel", "high_kernel",
-                    "compress", "conv_kernel", "expand"):
-            if config[key] < 1:
-                raise BadInput(f"option {key} must be at least 1, got {config[key]}")
+        require_at_least_one(config, ("channels", "depth", "mid_stride", "high_stride", "low_kernel", "mid_kernel",
+                                      "high_kernel", "compress", "conv_kernel", "expand"))
         if config.conv_kernel % 2 == 0:
             raise BadInput(f"option conv_kernel must be odd, got {config.conv_kernel}")
         if config.dual_path_layers < 0 or config.dual_path_layers % 2:
@@ -223,10 +221,7 @@ class SCNet(SeparationModel):
         if not (0 < config.low_fraction and 0 < config.mid_fraction and config.low_fraction + config.mid_fraction < 1):
             raise BadInput("options low_fraction and mid_fraction must be positive and sum to less than 1")
         n_fft = config.n_fft or nearest_power_of_two(self.sample_rate * PAPER_N_FFT / PAPER_RATE)
-        try:
-            self.stft = STFT(n_fft, config.hop_length or n_fft // 4, window=config.window)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
+        self.stft = model_stft(n_fft, config.hop_length or n_fft // 4, window=config.window)
         strides = (1, config.mid_stride, config.high_stride)
         kernels = (config.low_kernel, config.mid_kernel, config.high_kernel)
         depths = (config.low_convs, config.mid_convs, config.high_convs)

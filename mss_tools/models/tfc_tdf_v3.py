@@ -38,10 +38,9 @@ import dataclasses
 import torch
 from torch import nn
 
-from mss_tools.dsp import STFT
 from mss_tools.dsp.fft_sizes import nearest_power_of_two
 from mss_tools.errors import BadInput
-from mss_tools.models.base import ModelConfig, SeparationModel
+from mss_tools.models.base import ModelConfig, SeparationModel, model_stft, require_at_least_one
 
 PAPER_N_FFT, PAPER_RATE = 8192, 44100
 NORMS = ("instance", "batch", "none")  # or "group<N>"
@@ -69,8 +68,10 @@ class TFCTDFLayer(nn.Module):
         super().__init__()
         self.tfc1 = nn.Sequential(_norm(norm, in_channels), _activation(act),
                                   nn.Conv2d(in_channels, channels, 3, 1, 1, bias=False))
-        self.tdf = nn.Sequential(_norm(norm, channels), _activation(act), nn.Linear(freq, freq // bottleneck, bias=False),
-                                 _norm(norm, channels), _activation(act), nn.Linear(freq // bottleneck, freq, bias=False))
+        self.tdf = nn.Sequential(_norm(norm, channels), _activation(act),
+                                 nn.Linear(freq, freq // bottleneck, bias=False),
+                                 _norm(norm, channels), _activation(act),
+                                 nn.Linear(freq // bottleneck, freq, bias=False))
         self.tfc2 = nn.Sequential(_norm(norm, channels), _activation(act),
                                   nn.Conv2d(channels, channels, 3, 1, 1, bias=False))
         self.shortcut = nn.Conv2d(in_channels, channels, 1, 1, 0, bias=False)
@@ -127,10 +128,8 @@ class TFCTDFv3(SeparationModel):
                  config: TFCTDFv3Config | None = None, *, segment: float | None = None):
         super().__init__(sources, audio_channels, sample_rate, config, segment=segment)
         config = self.config
-        for key in ("channels", "scales", "blocks_per_scale", "subbands", "bottleneck_factor", "scale_time",
-                    "scale_freq"):
-            if config[key] < 1:
-                raise BadInput(f"option {key} must be at least 1, got {config[key]}")
+        require_at_least_one(config, ("channels", "scales", "blocks_per_scale", "subbands", "bottleneck_factor",
+                                      "scale_time", "scale_freq"))
         if config.growth < 0 or config.n_fft < 0 or config.hop_length < 0 or config.dim_f < 0:
             raise BadInput("options growth, n_fft, hop_length and dim_f must not be negative")
         if config.norm not in NORMS and not (config.norm.startswith("group") and config.norm[5:].isdigit()):
@@ -138,10 +137,7 @@ class TFCTDFv3(SeparationModel):
         if config.act not in ACTIVATIONS:
             raise BadInput(f"option act must be one of {', '.join(ACTIVATIONS)}, got {config.act!r}")
         n_fft = config.n_fft or nearest_power_of_two(self.sample_rate * PAPER_N_FFT / PAPER_RATE)
-        try:
-            self.stft = STFT(n_fft, config.hop_length or n_fft // 8)
-        except ValueError as exc:
-            raise BadInput(str(exc)) from None
+        self.stft = model_stft(n_fft, config.hop_length or n_fft // 8)
         self.dim_f = config.dim_f or n_fft // 2
         freq_unit = config.subbands * config.scale_freq ** config.scales
         if self.dim_f > self.stft.n_freq or self.dim_f % freq_unit:
