@@ -106,7 +106,8 @@ def main_trained(args) -> None:
     mixes = [torch.from_numpy(cache.read_mixture("test", t)).float() for t in tracks]
     print(f"{len(tracks)} test tracks of {args.cache} ({cache.sample_rate} Hz); median SNR in dB of chunked "
           "against whole-track output")
-    print("| checkpoint | arch | segment s | own segment, overlap 0.25 | own, 0.5 | 2x segment, 0.25 | 4x segment, 0.25 |")
+    print("| checkpoint | arch | segment s | own segment, overlap 0.25 | own, 0.5 | 2x segment, 0.25 "
+          "| 4x segment, 0.25 |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for checkpoint in args.checkpoints.split(","):
         row = measure_trained(checkpoint, mixes)

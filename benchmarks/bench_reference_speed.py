@@ -21,16 +21,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from mss_tools.losses import l1_wave  # noqa: E402
-from mss_tools.models import build_model  # noqa: E402
+from mss_tools.losses import l1_wave
+from mss_tools.models import build_model
 
 
 def roformer_pair(arch: str, preset: str, sample_rate: int, sources: list[str]):

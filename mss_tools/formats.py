@@ -49,8 +49,6 @@ PREDICTIONS_FORMAT = "mss-predictions"
 PREDICTIONS_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 COMPLEMENT_PREFIX = "no_"  # predictions stem "no_<source>": the mixture minus <source> (mss separate --two-stems)
-
-
 ACCOMPANIMENT = "accompaniment"  # MUSDB's name for everything but vocals
 
 

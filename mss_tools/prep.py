@@ -54,7 +54,8 @@ def prep(source: str, output: str | os.PathLike, options: PrepOptions, argv: Seq
                        options.seed, options.demo_tracks, options.demo_duration, options.demo_test_tracks)
     rate = options.sample_rate or dataset.native_rate or _native_rate(dataset)
     settings = {"prep_version": PREP_VERSION, "sample_rate": rate, "sources": dataset.sources,
-                "demo": [options.seed, options.demo_duration, DEMO_CORPUS_VERSION] if dataset.layout == "demo" else None}
+                "demo": ([options.seed, options.demo_duration, DEMO_CORPUS_VERSION] if dataset.layout == "demo"
+                         else None)}
     fingerprint = dataset.fingerprint(json.dumps(settings, sort_keys=True))
     origin = str(Path(source).resolve()) if dataset.layout != "demo" else "demo"
     with OutputLock(output, "prep"):

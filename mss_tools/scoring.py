@@ -93,8 +93,8 @@ def _pick(available: dict[str, np.ndarray], stems: list[str], track: str) -> dic
     for stem in stems:
         if stem in available:
             out[stem] = available[stem]
-        elif complement_sources(stem, list(available)):
-            out[stem] = np.sum([available[k] for k in complement_sources(stem, list(available))], axis=0)
+        elif others := complement_sources(stem, list(available)):
+            out[stem] = np.sum([available[k] for k in others], axis=0)
         else:
             raise BadInput(f"{track}: no reference for estimate {stem!r} (references have {', '.join(available)})")
     return out

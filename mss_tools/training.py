@@ -108,9 +108,11 @@ def active_loss(loss_fn: Callable, estimate: torch.Tensor, reference: torch.Tens
     """``loss_fn`` over the active (example, target) pairs only: estimates and references
     ``(batch, targets, channels, time)``, ``active`` ``(batch, targets)`` bool. With every target active
     (single-target training, the full mixture) this is ``loss_fn`` itself; in a multi-target curriculum
-    stage the targets left out of the mixture are not trained towards silence."""
+    stage the targets left out of the mixture are not trained towards silence. ``active`` may stay on the
+    CPU (the batch's flags, as loaded): deciding there costs no device synchronisation."""
     if bool(active.all()):
         return loss_fn(estimate, reference, model)
+    active = active.to(estimate.device)
     return loss_fn(estimate[active].unsqueeze(1), reference[active].unsqueeze(1), model)
 
 
@@ -528,7 +530,7 @@ class Trainer:
         reference = reference.to(self.device, non_blocking=True)
         with nullcontext() if sync or self.dist.world == 1 else self.net.no_sync():
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                loss = active_loss(self.run.loss_fn, self.net(mixture).float(), reference, active.to(self.device),
+                loss = active_loss(self.run.loss_fn, self.net(mixture).float(), reference, active,
                                    self.model) / self.config.accum_steps
             self.scaler.scale(loss).backward()
         return loss.item()

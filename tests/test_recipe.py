@@ -10,7 +10,8 @@ import pytest
 from mss_tools.cache import read_plan
 from tests.conftest import REPO
 
-TINY = ["--preset", "tiny", "--demo-tracks", "6", "--demo-test-tracks", "1", "--demo-duration", "3", "--jobs", "1", "--seeds", "1",
+TINY = ["--preset", "tiny", "--demo-tracks", "6", "--demo-test-tracks", "1", "--demo-duration", "3", "--jobs", "1",
+        "--seeds", "1",
         "--mss", f"{sys.executable} -m mss_tools"]
 
 
@@ -25,7 +26,8 @@ def test_run_all_then_rerun_then_stage(tmp_path):
     first = run_recipe("run_all.sh", "--archs", "unet", "--exp", exp, *TINY, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     results = (exp / "RESULTS.md").read_text()
-    assert "### drums" in results and "### no_drums" in results and "| unet |" in results and "| unet_nocurriculum |" in results
+    assert "### drums" in results and "### no_drums" in results
+    assert "| unet |" in results and "| unet_nocurriculum |" in results
     assert "| mixture |" in results and "| silence |" in results and "silence/drums (estimates 100 dB below" in results
     assert "Every trained model used the same loss, l1_magnitude" in results
     logs = exp / "unet" / "logs"

@@ -8,7 +8,7 @@ feature size ``D``; layers in :mod:`~mss_tools.models.roformer`):
 
 1. complex STFT ``(B, C, F, T)``, the bins of every frame ordered (bin, channel, real/imaginary)
    so that a band's values are contiguous: ``(B, T, 2 * C * F)``;
-2. band split: the ``F`` bins are cut into ``K`` non-overlapping bands (the paper's 62 at
+2. band split: the ``F`` bins are cut into ``K`` non-overlapping bands (62 at
    44.1 kHz with a 2048-point STFT: 24 bands of 2 bins, 12 of 4, 8 of 12, 8 of 24, 8 of 48, then
    128 and 129 bins); each band's ``2 * C * G_k`` values -> RMSNorm -> Linear to ``D``:
    ``(B, T, K, D)``;
@@ -20,11 +20,13 @@ feature size ``D``; layers in :mod:`~mss_tools.models.roformer`):
    Linear to twice the band's values and a GLU) gives a complex mask for each bin and channel;
 5. mask times mixture spectrogram, inverse STFT: ``(B, S, C, L)``.
 
-Presets: ``paper`` is the configuration of the paper's MUSDB18HQ model (D = 384, 12 blocks of
-one time and one band Transformer layer, 8 heads of 64, 2048-point STFT with a 10 ms hop,
-mask MLP with one hidden layer of 4D); ``small`` is a CPU configuration. At other sample rates
-and STFT sizes the paper's band edges are kept in Hz (see :func:`paper_band_widths`).
-The paper's loss is ``l1_multires_stft`` (waveform L1 plus multi-resolution complex STFT L1).
+Presets: ``paper`` is D = 384, 12 blocks of one time and one band Transformer layer, 8 heads of
+64, a 2048-point STFT with a 10 ms hop and a mask MLP with one hidden layer of 4D (the large
+configuration community trainings use; not checked against the paper's text here); ``small`` is a
+CPU configuration. The 62 bands are those of the reference implementation (``bs-roformer``'s
+default split); at other sample rates and STFT sizes their edges are kept in Hz (see
+:func:`paper_band_widths`). The loss is the reference implementation's, ``l1_multires_stft``
+(waveform L1 plus multi-resolution complex STFT L1).
 
 Global context: attention across all frames of the chunk the model is given, so chunked
 inference differs from whole-track inference; separate in chunks of the training segment.

@@ -18,7 +18,8 @@ covered, most by two bands. For a mixture ``(B, C, L)``:
 5. mask times mixture spectrogram, inverse STFT: ``(B, S, C, L)``.
 
 Presets: ``paper`` (D = 384, 6 blocks, 60 bands, 8 heads of 64, 2048-point STFT with a 10 ms hop,
-mask MLP with one hidden layer of 4D, dropout 0.1) and ``small`` for the CPU. The loss is
+mask MLP with one hidden layer of 4D, dropout 0.1: a choice, the paper's depth was not checked here)
+and ``small`` for the CPU. The loss is
 ``l1_multires_stft``. Global context as in BS-RoFormer: separate in chunks of the training segment.
 """
 

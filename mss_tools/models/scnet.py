@@ -1,7 +1,7 @@
 """SCNet: Sparse Compression Network.
 
-W. Tong, J. Zhu, J. Chen, S. Kang, T. Jiang, Y. Li, Z. Wu and H. Meng, "SCNet: Sparse
-Compression Network for Music Source Separation", arXiv:2401.13276 (2024).
+W. Tong et al., "SCNet: Sparse Compression Network for Music Source Separation",
+arXiv:2401.13276 (2024).
 
 Shapes for a mixture ``(B, C, L)`` (``F`` bins, ``T`` frames, ``D_i`` channels of encoder level ``i``):
 
@@ -24,7 +24,8 @@ Shapes for a mixture ``(B, C, L)`` (``F`` bins, ``T`` frames, ``D_i`` channels o
    ``S * 2C`` channels, ordered (source, channel, real/imaginary);
 5. inverse STFT and cropping: ``(B, S, C, L)``.
 
-Presets: ``paper`` is SCNet (channels 32, 64, 128; a 4096-point STFT with hop 1024 at 44.1 kHz;
+The loss is ``l1_wave`` (the paper's training loss was not checked here).
+Presets: ``paper`` is SCNet as the authors' code defaults it (channels 32, 64, 128; a 4096-point STFT with hop 1024 at 44.1 kHz;
 band fractions 0.175, 0.392, 0.433; 6 dual-path layers); ``small`` for the CPU. At other rates the
 window keeps its duration (as a power of two) and the hop stays a quarter of it.
 """
@@ -90,9 +91,8 @@ class SDBlock(nn.Module):
 
     def forward(self, x: torch.Tensor):
         bands, sizes = [], []
-        bounds = band_bounds(x.shape[2], *self.fractions)
-        for conv, module, stride, kernel, (start, stop) in zip(self.convs, self.conv_modules, self.strides, self.kernels,
-                                                              bounds):
+        layers = zip(self.convs, self.conv_modules, self.strides, self.kernels, band_bounds(x.shape[2], *self.fractions))
+        for conv, module, stride, kernel, (start, stop) in layers:
             band = x[:, :, start:stop]
             sizes.append(stop - start)
             pad = kernel - stride if stride == 1 else (stride - band.shape[2] % stride) % stride

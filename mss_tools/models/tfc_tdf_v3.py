@@ -24,7 +24,7 @@ Shapes for a mixture ``(B, C, L)``, ``S`` sources, ``k`` subbands, ``F`` kept bi
    every source's subband spectrogram, reassembled and inverted with the iSTFT.
 
 Norms are instance norms with affine parameters and the activation is GELU (options ``norm``,
-``act``). Presets: ``paper`` is the MUSDB18 configuration of the reference code (an 8192-point
+``act``). Presets: ``paper`` is the MUSDB18 configuration of MSST's MDX23C (an 8192-point
 STFT with hop 1024 at 44.1 kHz, 4096 bins, 4 subbands, 128 channels growing by 128 over 5
 scales of (2, 2), 2 layers per block, TDF bottleneck factor 4); ``small`` is for the CPU. At
 other rates the window keeps its duration (as a power of two) and the hop stays an eighth of it.

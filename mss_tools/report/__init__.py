@@ -53,19 +53,20 @@ def compare(paths: Sequence[str | os.PathLike], output: str | os.PathLike | None
                          silent_reference_note(runs), ill_conditioned_note(runs)) if n]
     comparisons = stats.all_pairs(runs, bootstrap, seed) if len(runs) > 1 else []
     found = questions.answers(runs, bootstrap, seed)
-    text = (questions.markdown(found) + quality_cost_markdown(runs)
-            + markdown_tables(rows, {run.label: run.info for run in runs}))
+    head = questions.markdown(found) + quality_cost_markdown(runs)  # the quality figure goes right after it
+    rest = markdown_tables(rows, {run.label: run.info for run in runs})
     if notes:
-        text += "\n" + "\n\n".join(notes) + "\n"
+        rest += "\n" + "\n\n".join(notes) + "\n"
     if len(runs) > 1:
-        text += "\n## Paired statistics\n\n" + stats.markdown(comparisons, bootstrap, seed)
+        rest += "\n## Paired statistics\n\n" + stats.markdown(comparisons, bootstrap, seed)
+    text = head + rest
     if output is None:
         return text
 
     with OutputLock(Path(output), "compare"):
         _check_report_folder(Path(output), force)
         sweep_temps(output)
-        _write_report(Path(output), runs, rows, notes, comparisons, found, text, listening, excerpt_seconds,
+        _write_report(Path(output), runs, rows, notes, comparisons, found, head, rest, listening, excerpt_seconds,
                       excerpts, bootstrap, seed)
     return text
 
@@ -85,7 +86,7 @@ def _check_report_folder(folder: Path, force: bool) -> None:
                        f"(or --force to write into it)")
 
 
-def _write_report(folder: Path, runs, rows, notes, comparisons, found, text: str, listening: bool,
+def _write_report(folder: Path, runs, rows, notes, comparisons, found, head: str, rest: str, listening: bool,
                   excerpt_seconds: float, excerpts: int, bootstrap: int, seed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / "results.csv", csv_text(rows))
@@ -95,12 +96,12 @@ def _write_report(folder: Path, runs, rows, notes, comparisons, found, text: str
     quality_figure = plots.quality_cost_plot(runs, folder / "plots")
     figures = [p for p in [quality_figure, plots.sdr_boxplots(runs, folder / "plots")] if p is not None]
     figures += plots.paired_difference_plots(runs, folder / "plots")
-    figure_links = "".join(f"\n![{p.title}]({p.png.relative_to(folder).as_posix()})\n\n{p.caption}\n"
-                           for p in figures if p is not quality_figure)
-    if quality_figure is not None:  # the picture goes with its table, right after the answers
-        quality = quality_cost_markdown(runs)
-        text = text.replace(quality, quality + f"\n![{quality_figure.title}]"
-                            f"({quality_figure.png.relative_to(folder).as_posix()})\n\n{quality_figure.caption}\n", 1)
+
+    def link(plot) -> str:
+        return f"\n![{plot.title}]({plot.png.relative_to(folder).as_posix()})\n\n{plot.caption}\n"
+
+    figure_links = "".join(link(p) for p in figures if p is not quality_figure)
+    text = head + (link(quality_figure) if quality_figure is not None else "") + rest
     write_text(folder / "RESULTS.md", "# Results\n\n" + text + ("\n## Plots\n" + figure_links if figures else ""))
     clips = None
     if listening:

@@ -217,12 +217,13 @@ def render(runs: Sequence[Run], rows: list[dict[str, Any]], notes: Sequence[str]
     """The whole page as one string; ``base``: the folder the page is written to (for relative SVG links)."""
     labels = ", ".join(run.label for run in runs)
     nav = "".join(f'<a href="#{anchor}">{title}</a>' for anchor, title in
-                  (("answers", "Answers"), ("quality", "Quality vs cost"), ("models", "Models"), ("results", "Results"), ("statistics", "Statistics"), ("plots", "Plots"),
-                   ("listening", "Listening")))
+                  (("answers", "Answers"), ("quality", "Quality vs cost"), ("models", "Models"), ("results", "Results"),
+                   ("statistics", "Statistics"), ("plots", "Plots"), ("listening", "Listening")))
     body = "".join([
         f"<h1>Model comparison</h1><p class=\"meta\">{len(runs)} models: {escape(labels)} · mss compare "
         f"{escape(__version__)}</p><nav>{nav}</nav>",
-        answers_section(found), quality_section([p for p in plots if p.name == QUALITY_PLOT], base), models_section(runs), results_section(rows, notes), statistics_section(comparisons, resamples, seed),
+        answers_section(found), quality_section([p for p in plots if p.name == QUALITY_PLOT], base),
+        models_section(runs), results_section(rows, notes), statistics_section(comparisons, resamples, seed),
         plots_section([p for p in plots if p.name != QUALITY_PLOT], base), listening_section(listening, seconds),
     ])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
