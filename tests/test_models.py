@@ -21,6 +21,7 @@ TINY = {
     "bs_roformer": {"dim": 8, "depth": 1, "heads": 2, "dim_head": 4, "ff_mult": 2, "mask_mult": 1},
     "tfc_tdf_v3": {"channels": 4, "growth": 4, "scales": 2, "subbands": 2},
     "scnet": {"channels": 4, "depth": 2, "dual_path_layers": 2},
+    "htdemucs": {"channels": 4, "depth": 2, "dconv_compress": 4, "bottom_channels": 0, "t_layers": 2, "t_heads": 2},
     "mel_roformer": {"dim": 8, "depth": 2, "heads": 2, "dim_head": 4, "ff_mult": 2, "mask_mult": 1, "num_bands": 12},
 }
 
@@ -59,7 +60,7 @@ def test_gradients_reach_every_parameter_with_the_default_loss(arch):
 
 
 @pytest.mark.parametrize("name", ["demucs_lstm", "demucs_attn", "bsrnn", "bsrnn_se", "bs_roformer", "mel_roformer",
-                                  "tfc_tdf_v3", "scnet"])
+                                  "tfc_tdf_v3", "scnet", "htdemucs"])
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(name):
     torch.manual_seed(0)
     model = tiny(name)
@@ -131,7 +132,7 @@ def test_spectrogram_models_say_their_stft_hop(arch):
     stft = getattr(model, "stft", None)
     assert model.stft_hop == (stft.hop_length if stft is not None else 1)
     assert (model.stft_hop > 1) == (arch in ("unet", "unet_lite", "bsrnn", "bsrnn_se", "bs_roformer", "mel_roformer",
-                                              "tfc_tdf_v3", "scnet"))
+                                              "tfc_tdf_v3", "scnet", "htdemucs"))
 
 
 def test_unet_with_all_pass_masks_reconstructs_the_mixture():

@@ -25,6 +25,7 @@ ARCHITECTURES: dict[str, str] = {
     "mel_roformer": "mss_tools.models.mel_roformer:MelRoFormer",
     "tfc_tdf_v3": "mss_tools.models.tfc_tdf_v3:TFCTDFv3",
     "scnet": "mss_tools.models.scnet:SCNet",
+    "htdemucs": "mss_tools.models.htdemucs:HTDemucs",
 }
 
 BASELINES: dict[str, str] = {
