@@ -150,10 +150,11 @@ class DecoderLayer(nn.Module):
                  dconv: dict | None, rewrite: bool, context: int):
         super().__init__()
         self.freq, self.last = freq, last
+        # the padding trims KERNEL // 4 outputs on each side: 4 times the bins, at least 4 times the samples
         if freq:
-            self.conv_tr = nn.ConvTranspose2d(channels_in, channels_out, (KERNEL, 1), (STRIDE, 1))
+            self.conv_tr = nn.ConvTranspose2d(channels_in, channels_out, (KERNEL, 1), (STRIDE, 1), (KERNEL // 4, 0))
         else:
-            self.conv_tr = nn.ConvTranspose1d(channels_in, channels_out, KERNEL, STRIDE)
+            self.conv_tr = nn.ConvTranspose1d(channels_in, channels_out, KERNEL, STRIDE, KERNEL // 4)
         self.norm2 = group_norm(channels_out, norm_groups, norm)
         convolution = nn.Conv2d if freq else nn.Conv1d
         self.rewrite = convolution(channels_in, 2 * channels_in, 1 + 2 * context, 1, context) if rewrite else None
@@ -168,8 +169,8 @@ class DecoderLayer(nn.Module):
         if self.dconv is not None:
             y = along_time(self.dconv, y, self.freq)
         z = self.norm2(self.conv_tr(y))
-        trim = KERNEL // 4
-        z = z[..., trim:-trim, :] if self.freq else z[..., trim:trim + length]
+        if not self.freq and z.shape[-1] > length:
+            z = z[..., :length]
         return z if self.last else F.gelu(z)
 
 
@@ -453,11 +454,11 @@ class HTDemucs(SeparationModel):
         padded = reflect_pad(mix, hop // 2 * 3, hop // 2 * 3 + frames * hop - length)
         return (self.stft(padded) / self.stft.n_fft ** 0.5)[..., :-1, 2:2 + frames]
 
-    def waveform(self, spec: torch.Tensor, length: int) -> torch.Tensor:
-        """The inverse of :meth:`spectrogram`: ``(..., F, T)`` -> ``(..., length)``."""
-        hop, frames = self.stft.hop_length, spec.shape[-1]
-        spec = F.pad(spec * self.stft.n_fft ** 0.5, (2, 2, 0, 1))
-        return self.stft.inverse(spec, frames * hop + 2 * (hop // 2 * 3))[..., hop // 2 * 3:hop // 2 * 3 + length]
+    def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
+        """The inverse of :meth:`spectrogram`, given an unnormalised spectrogram with the Nyquist bin and two
+        frames on each side (zeros) put back: ``(..., F + 1, T + 4)`` -> ``(..., length)``."""
+        hop, pad = self.stft.hop_length, self.stft.hop_length // 2 * 3
+        return self.stft.inverse(spec, (spec.shape[-1] - 4) * hop + 2 * pad)[..., pad:pad + length]
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         if mix.dim() != 3 or mix.shape[1] != self.audio_channels:
@@ -496,11 +497,14 @@ class HTDemucs(SeparationModel):
             xt = self.run_block(functools.partial(decode_t, skip=skips_t.pop(), length=lengths_t.pop()), xt)
 
         sources = len(self.sources)
-        x = x.view(batch, sources, 2 * channels, bins, frames) * std[:, None] + mean[:, None]
+        norm = self.stft.n_fft ** 0.5  # back to the unnormalised STFT here rather than in waveform()
+        x = torch.addcmul(mean[:, None] * norm, x.view(batch, sources, 2 * channels, bins, frames), std[:, None] * norm)
         x = x.view(batch, sources, channels, 2, bins, frames).permute(0, 1, 2, 4, 5, 3)
-        estimate = torch.view_as_complex(x.contiguous())
-        xt = xt.view(batch, sources, channels, length) * std_t[:, None] + mean_t[:, None]
-        return xt + self.waveform(estimate, length)
+        # the Nyquist bin and two frames on each side back as zeros (see spectrogram()), in the copy
+        # that makes real and imaginary parts adjacent
+        estimate = torch.view_as_complex(F.pad(x, (0, 0, 2, 2, 0, 1)))
+        xt = torch.addcmul(mean_t[:, None], xt.view(batch, sources, channels, length), std_t[:, None])
+        return xt + self.istft(estimate, length)
 
 
 def reflect_pad(x: torch.Tensor, left: int, right: int) -> torch.Tensor:
