@@ -10,7 +10,8 @@ References, never project dependencies; put them on ``PYTHONPATH`` (see
 ``tests/test_roformer_reference.py`` and ``tests/test_scnet_reference.py``):
 
 - ``bs-roformer`` 0.3.10 (``bs_roformer``): BS-RoFormer and Mel-Band RoFormer;
-- the SCNet authors' ``scnet.py`` and ``separation.py`` as a package ``scnet_official``.
+- the SCNet authors' ``scnet.py`` and ``separation.py`` as a package ``scnet_official``;
+- ``demucs`` 4.0.1 (``demucs.htdemucs``): HTDemucs (see ``tests/test_htdemucs_reference.py``).
 
     PYTHONPATH=/tmp/ref python benchmarks/bench_reference_speed.py --seconds 4 --batch 2
     PYTHONPATH=/tmp/ref python benchmarks/bench_reference_speed.py --preset paper --device cuda
@@ -58,6 +59,24 @@ def scnet_pair(preset: str, sample_rate: int, sources: list[str]):
     return ours, theirs
 
 
+def htdemucs_pair(preset: str, sample_rate: int, sources: list[str]):
+    """Ours with the reference's weights copied in; the reference takes its input as it is
+    (``use_train_segment=False``: no padding up to a training segment), as ours does."""
+    module = importlib.import_module("demucs.htdemucs")
+    ours = build_model("htdemucs", sources, 2, sample_rate, preset=preset)
+    config = ours.config
+    theirs = module.HTDemucs(sources=sources, samplerate=sample_rate, nfft=ours.stft.n_fft, channels=config.channels,
+                             depth=config.depth, dconv_mode=config.dconv_mode, bottom_channels=config.bottom_channels,
+                             t_layers=config.t_layers, t_heads=config.t_heads, t_dropout=config.t_dropout,
+                             use_train_segment=False)
+    mine = ours.state_dict()
+    ours.load_state_dict(dict(zip(mine, theirs.state_dict().values(), strict=True)))
+    return ours, theirs
+
+
+PAIRS = {"scnet": scnet_pair, "htdemucs": htdemucs_pair}
+
+
 def timings(model, mix: torch.Tensor, repeats: int, sync) -> tuple[float, float]:
     """Median seconds of a forward pass (no grad, eval) and of a forward+backward pass (train)."""
     forward, backward = [], []
@@ -80,7 +99,7 @@ def timings(model, mix: torch.Tensor, repeats: int, sync) -> tuple[float, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", default="bs_roformer,mel_roformer,scnet")
+    parser.add_argument("--archs", default="bs_roformer,mel_roformer,scnet,htdemucs")
     parser.add_argument("--preset", default="small")
     parser.add_argument("--sample-rate", type=int, default=44100)
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -103,7 +122,7 @@ def main() -> None:
           f"{'f+b ref':>9s} {'ratio':>6s}")
     for arch in args.archs.split(","):
         try:
-            ours, theirs = (scnet_pair(args.preset, args.sample_rate, sources) if arch == "scnet"
+            ours, theirs = (PAIRS[arch](args.preset, args.sample_rate, sources) if arch in PAIRS
                             else roformer_pair(arch, args.preset, args.sample_rate, sources))
         except ModuleNotFoundError as exc:
             print(f"{arch:13s} skipped: reference not importable ({exc})")
