@@ -119,8 +119,9 @@ def test_option_defaults_and_presets():
     # float32); the same configuration of the `demucs` package's Demucs class has exactly
     # as many (checked in benchmarks/bench_demucs_peer.py).
     ("demucs_lstm", {}, 265_679_496),
-    ("demucs_attn", {}, 265_687_688),
-    ("demucs_attn", {"attn_ff": 4.0}, 190_171_784),  # the feed-forward width before it was sized to match
+    ("demucs_attn", {}, 265_691_784),
+    ("demucs_attn", {"attn_ff": 4.0}, 190_175_880),  # the feed-forward width before it was sized to match
+    ("demucs_attn", {"attn_final_norm": False}, 265_687_688),  # before the final layer norm
 ])
 def test_paper_preset_parameter_count(arch, options, expected):
     with torch.device("meta"):  # no memory; rescaling (slow on meta tensors) changes no count
@@ -160,6 +161,36 @@ def test_old_attention_checkpoint_keeps_its_size_and_output(tmp_path):
     mix = torch.randn(1, 2, 8001)
     with torch.no_grad():
         assert torch.equal(loaded(mix), old(mix))
+
+
+def test_attention_checkpoint_from_before_the_final_norm_loads_without_it(tmp_path):
+    """A checkpoint whose stored config predates ``attn_final_norm`` is rebuilt without the final
+    layer norm (its ``LEGACY`` value): same parameters, same output."""
+    from mss_tools.checkpoint import load_model, model_payload, save_checkpoint
+
+    old = tiny("demucs_attn", attn_final_norm=False).eval()
+    payload = model_payload(old)
+    del payload["config"]["attn_final_norm"]
+    save_checkpoint(tmp_path / "old.pt", payload)
+    loaded = load_model(tmp_path / "old.pt")
+    assert loaded.config.attn_final_norm is False
+    assert isinstance(loaded.bottleneck.norm_out, torch.nn.Identity)
+    assert loaded.num_parameters == old.num_parameters == tiny("demucs_attn").num_parameters - 2 * old.bottleneck_channels
+    mix = torch.randn(1, 2, 8001)
+    with torch.no_grad():
+        assert torch.equal(loaded(mix), old(mix))
+
+
+def test_attention_bottleneck_output_is_normalised_per_step():
+    """The final layer norm: every bottleneck step leaves with zero mean and unit variance over the
+    channels (at initialisation, where its affine map is the identity), whatever the input level."""
+    model = tiny("demucs_attn").eval()
+    x = 30.0 * torch.randn(2, model.bottleneck_channels, 5)
+    with torch.no_grad():
+        y = model.bottleneck(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.mean(dim=1), torch.zeros(2, 5), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.var(dim=1, correction=0), torch.ones(2, 5), atol=1e-3, rtol=0)
 
 
 def test_attention_sees_the_whole_window():
