@@ -70,6 +70,28 @@ def test_outputs_equal_the_reference_with_copied_weights(sources, channels, rate
         torch.testing.assert_close(ours(mix), reference(mix), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("options", [
+    {"t_norm_first": False},
+    {"t_group_norm": True, "t_norm_in": False, "t_norm_in_group": True},
+    {"t_cross_first": True, "t_layer_scale": False, "t_gelu": False},
+    {"norm_starts": 1, "context": 2, "context_enc": 1, "dconv_mode": 2, "freq_emb": 0.0, "t_norm_out": False},
+    {"rewrite": False, "dconv_mode": 0, "t_layers": 3, "t_hidden_scale": 2.0, "t_max_period": 500.0,
+     "t_weight_pos_embed": 0.5, "growth": 3},
+    {"t_layers": 0},
+], ids=lambda options: ",".join(options))
+def test_other_options_equal_the_reference(options):
+    """Options the paper's configuration leaves at one value, each as the reference's option of the same name."""
+    torch.manual_seed(0)
+    ours = build_model("htdemucs", SOURCES[:2], 2, 44100, preset="small", overrides=options).eval()
+    shared = {"dconv_mode", "t_layers"}  # reference_for passes these already
+    reference = reference_for(ours, use_train_segment=False,
+                              **{k: v for k, v in options.items() if k not in shared}).eval()
+    copy_reference_weights(ours, reference)
+    mix = 0.3 * torch.randn(1, 2, 44100 + 5, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(mix), reference(mix), rtol=1e-4, atol=1e-5)
+
+
 def test_outputs_equal_the_reference_at_its_training_segment():
     """The reference as it separates by default (``use_train_segment``), on an input of its segment."""
     torch.manual_seed(0)

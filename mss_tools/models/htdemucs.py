@@ -150,11 +150,14 @@ class DecoderLayer(nn.Module):
                  dconv: dict | None, rewrite: bool, context: int):
         super().__init__()
         self.freq, self.last = freq, last
-        # the padding trims KERNEL // 4 outputs on each side: 4 times the bins, at least 4 times the samples
+        # KERNEL // 4 outputs are trimmed on each side (4 times the bins, at least 4 times the samples): by the
+        # padding, unless a GroupNorm comes first (its statistics include them)
+        self.trim = KERNEL // 4 if norm else 0
+        padding = KERNEL // 4 - self.trim
         if freq:
-            self.conv_tr = nn.ConvTranspose2d(channels_in, channels_out, (KERNEL, 1), (STRIDE, 1), (KERNEL // 4, 0))
+            self.conv_tr = nn.ConvTranspose2d(channels_in, channels_out, (KERNEL, 1), (STRIDE, 1), (padding, 0))
         else:
-            self.conv_tr = nn.ConvTranspose1d(channels_in, channels_out, KERNEL, STRIDE, KERNEL // 4)
+            self.conv_tr = nn.ConvTranspose1d(channels_in, channels_out, KERNEL, STRIDE, padding)
         self.norm2 = group_norm(channels_out, norm_groups, norm)
         convolution = nn.Conv2d if freq else nn.Conv1d
         self.rewrite = convolution(channels_in, 2 * channels_in, 1 + 2 * context, 1, context) if rewrite else None
@@ -169,8 +172,10 @@ class DecoderLayer(nn.Module):
         if self.dconv is not None:
             y = along_time(self.dconv, y, self.freq)
         z = self.norm2(self.conv_tr(y))
-        if not self.freq and z.shape[-1] > length:
-            z = z[..., :length]
+        if self.freq and self.trim:
+            z = z[..., self.trim:-self.trim, :]
+        elif not self.freq and z.shape[-1] > length:
+            z = z[..., self.trim:self.trim + length]
         return z if self.last else F.gelu(z)
 
 
@@ -401,7 +406,7 @@ class HTDemucs(SeparationModel):
         n_fft = config.n_fft or nearest_power_of_two(self.sample_rate * PAPER_N_FFT / PAPER_RATE)
         bins = n_fft // 2
         if n_fft % 4 or bins % STRIDE ** config.depth or bins // STRIDE ** (config.depth - 1) <= KERNEL:
-            raise BadInput(f"an {n_fft}-point STFT does not fit depth {config.depth}: the n_fft / 2 bins must divide "
+            raise BadInput(f"n_fft {n_fft} does not fit depth {config.depth}: the n_fft / 2 bins must divide "
                            f"by {STRIDE}^depth and more than {KERNEL} bins must reach the deepest layer (a larger "
                            "n_fft or a smaller depth)")
         widths = [config.channels * config.growth ** i for i in range(config.depth)]
