@@ -70,6 +70,16 @@ def test_outputs_equal_the_reference_with_copied_weights(sources, channels, rate
         torch.testing.assert_close(ours(mix), reference(mix), rtol=1e-4, atol=1e-5)
 
 
+def test_paper_preset_outputs_equal_the_reference_with_copied_weights():
+    torch.manual_seed(0)
+    ours = build_model("htdemucs", SOURCES, 2, 44100, preset="paper", overrides={"rescale": 0.0}).eval()
+    reference = reference_for(ours, use_train_segment=False).eval()
+    copy_reference_weights(ours, reference)
+    mix = 0.3 * torch.randn(1, 2, 44100, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(mix), reference(mix), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("options", [
     {"t_norm_first": False},
     {"t_group_norm": True, "t_norm_in": False, "t_norm_in_group": True},
