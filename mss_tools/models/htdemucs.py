@@ -37,11 +37,13 @@ Presets: ``paper`` is the released ``htdemucs`` model's configuration (``conf/co
 ``dconv_mode=3`` (DConv in encoders and decoders), ``bottom_channels=512``, ``t_dropout=0.02``;
 41,984,456 parameters with 4 sources, stereo); ``small`` for the CPU. At 44.1 kHz the STFT has
 4096 points; at other rates the window keeps its duration (as a power of two), the hop is a
-quarter of it. The loss is ``l1_wave`` (the paper trains with an L1 loss on the waveform).
+quarter of it. The loss is ``l1_wave``, as ``demucs``' training configuration has it (``optim.loss: l1``
+on the waveform; Adam, lr 3e-4).
 
-Checked against the authors' ``demucs`` 4.0.1 (``demucs.htdemucs.HTDemucs``): the parameter
-count of the ``paper`` preset and, with copied weights, the outputs of the ``small`` preset at
-44.1 kHz (``tests/test_htdemucs_reference.py``). Options of the reference that the paper's
+Checked against the authors' ``demucs`` 4.0.1 (``demucs.htdemucs.HTDemucs``) with copied weights
+(``tests/test_htdemucs_reference.py``): the parameter count of the ``paper`` preset, its outputs and
+those of the ``small`` preset (44.1 kHz stereo, 16 kHz mono) and of the other options, and the
+``small`` preset's training gradients. Options of the reference that the paper's
 configuration leaves off are not implemented: Wiener filtering or masking instead of complex as
 channels, ``multi_freqs``, a separate ``channels_time``, sparse attention, CAPE or scaled
 positional embeddings, and depths at which the spectrogram branch collapses to one bin and
