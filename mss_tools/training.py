@@ -169,9 +169,12 @@ def validate(model, cache: StemCache, targets: list[str], segment: float, device
     """Separate the ``valid`` tracks (split across ranks); ``{target: {"usdr": mean, "sdr": median}}``.
 
     ``usdr`` is averaged over tracks; ``sdr`` (BSSEval v4 framewise, the images-mode frame SNR)
-    is the median over tracks of the per-track median over 1 s frames.
+    is the median over tracks of the per-track median over 1 s frames. A track whose reference of
+    a target is silent in the window scored (as ``mss score`` skips silent references) does not
+    count for that target: its usdr would be minus infinity, or hugely negative for a reference
+    near silence, whatever the estimate. A target silent in every valid track gets no entry.
     """
-    from mss_tools.metrics import nanmedian
+    from mss_tools.metrics import is_silent, nanmedian
     from mss_tools.metrics.bsseval import framewise_sdr
 
     dist = dist or Distributed()
@@ -189,7 +192,8 @@ def validate(model, cache: StemCache, targets: list[str], segment: float, device
         estimates = separate_tensor(model, mixture, segment=segment, device=device).numpy()
         frames = framewise_sdr(references, estimates, cache.sample_rate)
         for i, target in enumerate(targets):
-            rows.append((target, usdr(references[i], estimates[i]), nanmedian(frames[i])))
+            if not is_silent(references[i]):
+                rows.append((target, usdr(references[i], estimates[i]), nanmedian(frames[i])))
     model.train(was_training)
     rows = [row for part in dist.gather(rows) for row in part]
     return {t: {"usdr": float(np.mean([r[1] for r in rows if r[0] == t])),
@@ -578,7 +582,13 @@ class Trainer:
         if self.has_valid:
             record["valid"] = validate(evaluated, run.cache, run.targets, run.segment, self.device,
                                        config.valid_seconds, self.dist)
-            record["valid_usdr"] = score = float(np.mean([s["usdr"] for s in record["valid"].values()]))
+            scores = [s["usdr"] for s in record["valid"].values()]
+            if scores:
+                record["valid_usdr"] = score = float(np.mean(scores))
+            else:
+                log.warning("every valid track's %s is silent in the window validated; this epoch is scored by its "
+                            "training loss", ", ".join(run.targets))
+                score = -record["train_loss"]
         else:
             score = -record["train_loss"]
         self.schedule.end_epoch(score)

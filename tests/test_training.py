@@ -248,3 +248,62 @@ def test_training_examples_say_which_targets_are_active(demo_cache):
     drums = TrainExamples(str(demo_cache), ["drums"], MixSpec(targets=["drums"], segment=0.5, active_sources=2,
                                                               stage=1), seed=3)
     assert all(bool(drums[p][2].all()) for p in range(6))
+
+
+class _TwoTrackValidCache:
+    """A stand-in for a stem cache's ``valid`` split: two tracks of drums and bass whose mixture is
+    their sum; the drums of track ``quiet`` are silent."""
+
+    sample_rate = 8000
+
+    def __init__(self):
+        gen = torch.Generator().manual_seed(3)
+        self.stems = {}
+        for track in ("loud", "quiet"):
+            drums = 0.1 * torch.randn(2, 8000, generator=gen)
+            bass = 0.1 * torch.randn(2, 8000, generator=gen)
+            if track == "quiet":
+                drums.zero_()
+            self.stems[track] = {"drums": drums.numpy(), "bass": bass.numpy()}
+
+    def tracks(self, split):
+        return list(self.stems)
+
+    def length(self, split, track):
+        return 8000
+
+    def read_mixture(self, split, track, start=0, stop=None):
+        return sum(self.stems[track].values())[:, start:stop]
+
+    def read(self, split, track, start=0, stop=None, sources=None):
+        import numpy as np
+
+        return np.stack([self.stems[track][s][:, start:stop] for s in sources])
+
+
+def test_validation_skips_silent_references_as_scoring_does():
+    """With the mixture as estimate, usdr is 10 log10(|s|^2 / |other|^2) per track: about 0 dB for
+    the drums of ``loud``; ``quiet``'s silent drums (usdr minus infinity) do not count, its bass does."""
+    import numpy as np
+
+    from mss_tools.metrics import usdr
+    from mss_tools.models.baselines import MixtureBaseline
+    from mss_tools.training import validate
+
+    cache = _TwoTrackValidCache()
+    model = MixtureBaseline(["drums", "bass"], 2, 8000)
+    scores = validate(model, cache, ["drums", "bass"], segment=1.0, device=torch.device("cpu"))
+    loud, quiet = cache.stems["loud"], cache.stems["quiet"]
+    assert scores["drums"]["usdr"] == pytest.approx(usdr(loud["drums"], loud["drums"] + loud["bass"]), abs=1e-4)
+    expected_bass = np.mean([usdr(t["bass"], t["drums"] + t["bass"]) for t in (loud, quiet)])
+    assert scores["bass"]["usdr"] == pytest.approx(expected_bass, abs=1e-4)
+    assert math.isfinite(scores["drums"]["sdr"])
+    assert scores["bass"]["usdr"] > 40  # quiet's bass is the whole mixture: the mean of about 0 and 90 dB
+    drums_only = MixtureBaseline(["drums"], 2, 8000)
+    only_silent = validate(drums_only, _only(cache, "quiet"), ["drums"], segment=1.0, device=torch.device("cpu"))
+    assert only_silent == {}
+
+
+def _only(cache, track):
+    cache.stems = {track: cache.stems[track]}
+    return cache
