@@ -4,7 +4,7 @@ For each (architecture, preset): parameter count, forward and forward+backward s
 second of stereo audio, and peak memory (CUDA: max allocated; CPU: peak RSS of a fresh
 subprocess, which includes the ~0.4 GB of the Python/torch runtime — compare across rows).
 
-    python benchmarks/bench_models.py                     # all, CPU, 44.1 kHz, 3 s batch 1
+    python benchmarks/bench_models.py                     # every architecture, CPU, 44.1 kHz, 3 s batch 1
     python benchmarks/bench_models.py --archs bsrnn,bsrnn_se --presets paper --device cuda
     python benchmarks/bench_models.py --conf lite --sample-rate 22050   # the recipes' lite confs:
         # their preset, --arch-opt, batch size, segment and activation checkpointing
@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from mss_tools.models import ARCHITECTURES
 
 SOURCES = ["vocals", "drums", "bass", "other"]
 
@@ -71,7 +73,7 @@ def measure(arch: str, preset: str, seconds: float, sample_rate: int, batch: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", default="unet,unet_lite,demucs_lstm,demucs_attn,bsrnn,bsrnn_se")
+    parser.add_argument("--archs", default=",".join(ARCHITECTURES), help="comma-separated; default: every architecture")
     parser.add_argument("--presets", default="small,paper")
     parser.add_argument("--seconds", type=float, default=3.0, help="audio per example")
     parser.add_argument("--sample-rate", type=int, default=44100)
