@@ -123,7 +123,7 @@ class TransformerBottleneck(nn.Module):
     unnormalised residual stream, positions included at full scale, and it replaces the
     bottleneck's input in the decoder: trained with the demo budget, demucs_attn then fitted the
     training mixtures worse than demucs_lstm (final train loss 0.0268 against 0.0195) and scored
-    2.0 dB on drums; with the final norm, 0.0183 and 4.3 dB (see the README's demo notes).
+    2.0 dB on drums; with the final norm, 0.0176 and 4.3 dB (see the README's notes on the compared pairs).
     """
 
     def __init__(self, dim: int, layers: int, heads: int, ff_mult: float, dropout: float, final_norm: bool = True):
