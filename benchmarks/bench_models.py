@@ -25,6 +25,8 @@ import torch
 from mss_tools.models import ARCHITECTURES
 
 SOURCES = ["vocals", "drums", "bass", "other"]
+# architectures whose papers train one model per target: their paper preset is measured on one (vocals)
+ONE_TARGET_PAPERS = ("bsrnn", "bsrnn_se", "bs_roformer", "mel_roformer")
 
 
 def measure(arch: str, preset: str, seconds: float, sample_rate: int, batch: int, device: str, repeats: int,
@@ -92,7 +94,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.one:
         arch, preset = args.one.split(":")
-        sources = ["vocals"] if arch.startswith("bsrnn") and preset == "paper" else SOURCES
+        sources = ["vocals"] if arch in ONE_TARGET_PAPERS and preset == "paper" else SOURCES
         sources = args.sources.split(",") if args.sources else sources
         print(json.dumps(measure(arch, preset, args.seconds, args.sample_rate, args.batch, args.device,
                                  args.repeats, sources, args.activation_checkpointing, json.loads(args.arch_opts))))
@@ -102,7 +104,8 @@ def main() -> None:
         return
     print(f"{args.device}, {args.threads} threads, {args.sample_rate} Hz, batch {args.batch} x {args.seconds:g} s "
           f"stereo; seconds of compute per second of audio (median of {args.repeats})")
-    print("bsrnn*/paper are one-target (vocals) models as in the paper; the others separate 4 stems"
+    print(f"{', '.join(ONE_TARGET_PAPERS)} at the paper preset are one-target (vocals) models as in their papers; "
+          "the others separate 4 stems"
           + ("; activation checkpointing on" if args.activation_checkpointing else ""))
     print(f"{'arch':12s} {'preset':6s} {'params':>12s} {'fwd s/s':>9s} {'f+b s/s':>9s} {'peak MB':>9s}")
     for arch in args.archs.split(","):
