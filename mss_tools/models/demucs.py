@@ -82,9 +82,9 @@ class DemucsAttentionConfig(DemucsConfig):
 
 
 def rescale_weights(module: nn.Module, reference: float) -> None:
-    """Demucs v2 init: divide each convolution's weight and bias by ``sqrt(std(weight) / reference)``."""
+    """Demucs' init (v2, HTDemucs): divide each convolution's weight and bias by ``sqrt(std(weight) / reference)``."""
     for sub in module.modules():
-        if isinstance(sub, (nn.Conv1d, nn.ConvTranspose1d)):
+        if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
             scale = (sub.weight.detach().std() / reference) ** 0.5
             with torch.no_grad():
                 sub.weight.div_(scale)

@@ -63,6 +63,7 @@ from torch.nn import functional as F
 from mss_tools.dsp.fft_sizes import nearest_power_of_two
 from mss_tools.errors import BadInput
 from mss_tools.models.base import ModelConfig, SeparationModel, model_stft, require_at_least_one
+from mss_tools.models.demucs import rescale_weights
 
 PAPER_N_FFT, PAPER_RATE = 4096, 44100
 KERNEL, STRIDE = 8, 4  # every encoder/decoder layer of both branches
@@ -368,17 +369,6 @@ class HTDemucsConfig(ModelConfig):
     rescale: float = 0.1          # initial weights of the U-Nets' convolutions rescaled towards this std (0: off)
 
 
-def rescale_convolutions(module: nn.Module, reference: float) -> None:
-    """Divide each convolution's weights and bias by ``sqrt(std(weights) / reference)`` (Demucs' initialisation)."""
-    with torch.no_grad():
-        for sub in module.modules():
-            if isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d)):
-                scale = (sub.weight.std() / reference) ** 0.5
-                sub.weight.div_(scale)
-                if sub.bias is not None:
-                    sub.bias.div_(scale)
-
-
 class HTDemucs(SeparationModel):
     """Hybrid Transformer Demucs: mixture ``(batch, audio_channels, time)`` -> sources
     ``(batch, len(sources), audio_channels, time)``."""
@@ -441,7 +431,7 @@ class HTDemucs(SeparationModel):
                          if config.freq_emb else None)
         if config.rescale:
             for module in (self.encoder, self.decoder, self.tencoder, self.tdecoder):
-                rescale_convolutions(module, config.rescale)
+                rescale_weights(module, config.rescale)
         if config.bottom_channels:
             self.channel_upsampler = nn.Conv1d(widths[-1], dim, 1)
             self.channel_downsampler = nn.Conv1d(dim, widths[-1], 1)
