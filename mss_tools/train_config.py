@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from mss_tools.mixing import Augmentation, MixSpec
+from mss_tools.models import ARCHITECTURES
 from mss_tools.options import (NON_NEGATIVE_FLOAT, NON_NEGATIVE_INT, POSITIVE_FLOAT, POSITIVE_INT, SEED,
                                FiniteFloatRange, comma_list, option, parse_arch_options, same_field)
 
@@ -24,8 +25,7 @@ AMP_MODES = ("off", "bf16", "fp16")
 @dataclass
 class TrainConfig:
     # the model
-    arch: str = option("unet", help="Architecture (registry name): unet, unet_lite, demucs_lstm, demucs_attn, "
-                       "bsrnn, bsrnn_se.")
+    arch: str = option("unet", help="Architecture (registry name): " + ", ".join(ARCHITECTURES) + ".")
     preset: str | None = option(None, help="Named architecture preset (e.g. small, paper); default: the defaults.")
     arch_options: dict[str, Any] = option(default_factory=dict, names=("--arch-opt",), multiple=True,
                                           metavar="KEY=VALUE", convert=parse_arch_options,

@@ -12,7 +12,7 @@ import mss_tools.training as training
 from mss_tools.cache import read_plan
 from mss_tools.cli.main import main
 from mss_tools.mixing import Augmentation, MixSpec
-from mss_tools.models import model_class
+from mss_tools.models import ARCHITECTURES, model_class
 from mss_tools.options import option_of
 from mss_tools.train_config import TrainConfig
 from tests.conftest import REPO, run_mss
@@ -145,3 +145,9 @@ def test_remix_keeps_an_up_to_date_plan_and_draws_a_stale_one_again(demo_cache, 
     drawn = plan.stat().st_mtime_ns
     forced = _remix(*args[:7], 0.5, *args[8:], "--force")
     assert forced.exit_code == 0 and "up to date" not in forced.stderr and plan.stat().st_mtime_ns != drawn
+
+
+def test_arch_help_lists_every_registered_architecture():
+    help_text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    listed = re.search(r"Architecture \(registry name\): ([\w, ]+)\.", help_text).group(1)
+    assert listed.split(", ") == list(ARCHITECTURES)
