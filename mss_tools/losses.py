@@ -51,6 +51,15 @@ def l1_complex_wave(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch.T
     return diff.real.abs().mean() + diff.imag.abs().mean() + (est - ref).abs().mean()
 
 
+def rmse_complex_spec(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch.Tensor:
+    """Per example and source, the root of the mean squared difference of the normalised complex
+    spectrograms (real and imaginary parts of every channel, bin and frame), then the mean (SCNet:
+    its authors' training code)."""
+    stft = loss_stft(model, est.device)
+    diff = torch.view_as_real(stft(est) - stft(ref)) / stft.n_fft ** 0.5
+    return diff.pow(2).flatten(2).mean(-1).clamp_min(1e-20).sqrt().mean()
+
+
 # The multi-resolution STFT loss of the RoFormers' reference implementation, at 44.1 kHz: Hann windows of
 # these lengths in frames of max(window, 2048) points, hop 147; scaled with the sample rate elsewhere.
 MULTIRES_WINDOWS = (4096, 2048, 1024, 512, 256)
@@ -85,6 +94,7 @@ LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "l1_magnitude": l1_magnitude,
     "l1_complex_wave": l1_complex_wave,
     "l1_multires_stft": l1_multires_stft,
+    "rmse_complex_spec": rmse_complex_spec,
 }
 
 

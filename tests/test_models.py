@@ -286,3 +286,21 @@ def test_spectral_losses_leave_the_model_as_it_is(loss):
     attributes = dict(vars(model))
     value = get_loss(loss)(torch.randn(1, 2, 2, 4000), torch.randn(1, 2, 2, 4000), model)
     assert torch.isfinite(value) and vars(model) == attributes
+
+
+def test_scnet_loss_is_its_authors_complex_spectrogram_rmse():
+    model = build_model("scnet", ["drums", "bass"], 2, 8000, preset="small")
+    assert model.DEFAULT_LOSS == "rmse_complex_spec"
+    est, ref = torch.randn(3, 2, 2, 4000, dtype=torch.float64), torch.randn(3, 2, 2, 4000, dtype=torch.float64)
+    n_fft, hop = model.stft.n_fft, model.stft.hop_length
+
+    def spec(x):  # torch.stft as the authors call it: no window (rectangular), centred, normalised
+        frames = torch.stft(x.reshape(-1, x.shape[-1]), n_fft, hop, center=True, normalized=True, return_complex=True)
+        return torch.view_as_real(frames).reshape(*x.shape[:2], -1)
+
+    per_example_and_source = (spec(est) - spec(ref)).pow(2).mean(-1).sqrt()
+    assert per_example_and_source.shape == (3, 2)
+    expected = per_example_and_source.mean()
+    value = get_loss("rmse_complex_spec")(est, ref, model)
+    assert torch.allclose(value, expected, rtol=1e-10)
+    assert get_loss("rmse_complex_spec")(ref, ref.clone(), model).item() < 1e-9
