@@ -27,7 +27,7 @@ Shapes for a mixture ``(B, C, L)`` (``F`` bins, ``T`` frames, ``D_i`` channels o
 The loss is ``rmse_complex_spec``, as the authors' training code has it: per example and source the
 root mean squared difference of the normalised complex spectrograms (this STFT), then the mean.
 Presets: ``paper`` is SCNet as the authors' code defaults it (channels 32, 64, 128; a 4096-point STFT with hop 1024 at 44.1 kHz;
-band fractions 0.175, 0.392, 0.433; 6 dual-path layers); ``small`` for the CPU. At other rates the
+band fractions 0.175, 0.392, 0.433; 6 dual-path layers); ``small`` for the CPU (channels 16, 32; 2 dual-path layers). At other rates the
 window keeps its duration (as a power of two) and the hop stays a quarter of it.
 """
 
@@ -203,7 +203,7 @@ class SCNet(SeparationModel):
     DEFAULTS = SCNetConfig()
     PRESETS = {
         "paper": DEFAULTS,
-        "small": dataclasses.replace(DEFAULTS, channels=8, depth=2, dual_path_layers=2),
+        "small": dataclasses.replace(DEFAULTS, channels=16, depth=2, dual_path_layers=2),
     }
     DEFAULT_LOSS = "rmse_complex_spec"
     DEFAULT_SEGMENT = 11.0
