@@ -26,9 +26,10 @@ Shapes for a mixture ``(B, C, L)`` (``F`` bins, ``T`` frames, ``D_i`` channels o
 
 The loss is ``rmse_complex_spec``, as the authors' training code has it: per example and source the
 root mean squared difference of the normalised complex spectrograms (this STFT), then the mean.
-Presets: ``paper`` is SCNet as the authors' code defaults it (channels 32, 64, 128; a 4096-point STFT with hop 1024 at 44.1 kHz;
-band fractions 0.175, 0.392, 0.433; 6 dual-path layers); ``small`` for the CPU (channels 16, 32; 2 dual-path layers). At other rates the
-window keeps its duration (as a power of two) and the hop stays a quarter of it.
+Presets: ``paper`` is SCNet as the authors' code defaults it (channels 32, 64, 128; a 4096-point
+STFT with hop 1024 at 44.1 kHz; band fractions 0.175, 0.392, 0.433; 6 dual-path layers); ``small``
+for the CPU (channels 16, 32; 2 dual-path layers). At other rates the window keeps its duration (as
+a power of two) and the hop stays a quarter of it.
 """
 
 from __future__ import annotations
