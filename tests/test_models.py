@@ -304,3 +304,20 @@ def test_scnet_loss_is_its_authors_complex_spectrogram_rmse():
     value = get_loss("rmse_complex_spec")(est, ref, model)
     assert torch.allclose(value, expected, rtol=1e-10)
     assert get_loss("rmse_complex_spec")(ref, ref.clone(), model).item() < 1e-9
+
+
+def test_fast_fft_size_is_the_smallest_product_of_twos_and_threes_at_or_above():
+    from mss_tools.dsp import fast_fft_size
+
+    candidates = sorted(2 ** a * 3 ** b for a in range(14) for b in range(9))
+    for samples in range(1, 5000):
+        assert fast_fft_size(samples) == next(c for c in candidates if c >= samples)
+
+
+def test_multiresolution_loss_keeps_the_reference_sizes_at_44k_and_fast_sizes_elsewhere():
+    from mss_tools.losses import multires_stfts
+
+    at_44k = [(s.n_fft, s.win_length, s.hop_length) for s in multires_stfts(44100, torch.device("cpu"))]
+    assert at_44k == [(4096, 4096, 147), (2048, 2048, 147), (2048, 1024, 147), (2048, 512, 147), (2048, 256, 147)]
+    at_8k = [(s.n_fft, s.win_length, s.hop_length) for s in multires_stfts(8000, torch.device("cpu"))]
+    assert at_8k == [(768, 743, 27), (384, 372, 27), (384, 186, 27), (384, 93, 27), (384, 46, 27)]

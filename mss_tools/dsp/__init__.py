@@ -4,9 +4,9 @@
 :mod:`mss_tools.dsp.fft_sizes` stay importable without torch (the report uses them).
 """
 
-from mss_tools.dsp.fft_sizes import loss_n_fft, model_n_fft, onset_n_fft, unet_n_fft
+from mss_tools.dsp.fft_sizes import fast_fft_size, loss_n_fft, model_n_fft, onset_n_fft, unet_n_fft
 
-__all__ = ["STFT", "loss_n_fft", "model_n_fft", "onset_n_fft", "unet_n_fft"]
+__all__ = ["STFT", "fast_fft_size", "loss_n_fft", "model_n_fft", "onset_n_fft", "unet_n_fft"]
 
 
 def __getattr__(name: str):
