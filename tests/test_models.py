@@ -22,7 +22,8 @@ TINY = {
     "tfc_tdf_v3": {"channels": 4, "growth": 4, "scales": 2, "subbands": 2},
     "scnet": {"channels": 4, "depth": 2, "dual_path_layers": 2},
     "htdemucs": {"channels": 4, "depth": 2, "dconv_compress": 4, "bottom_channels": 0, "t_layers": 2, "t_heads": 2},
-    "mel_roformer": {"dim": 8, "depth": 2, "heads": 2, "dim_head": 4, "ff_mult": 2, "mask_mult": 1, "num_bands": 12},
+    "mel_roformer": {"dim": 8, "depth": 2, "heads": 2, "dim_head": 4, "ff_mult": 2, "mask_mult": 1, "num_bands": 12,
+                     "attn_dropout": 0.1, "ff_dropout": 0.1},  # dropout: checkpointing must replay its masks
 }
 
 
