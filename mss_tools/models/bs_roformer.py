@@ -127,22 +127,23 @@ class BSRoFormer(SeparationModel):
         """Widths in bins of the bands (non-overlapping, covering every bin in order)."""
         return paper_band_widths(self.sample_rate, self.stft.n_fft)
 
-    def band_values(self, values: torch.Tensor) -> torch.Tensor:
-        """A frame's interleaved values ``(B, T, 2 * C * F)`` -> the bands' values side by side."""
-        return values
+    def band_values(self, spec: torch.Tensor) -> torch.Tensor:
+        """Spectrogram ``(B, C, F, T)`` complex -> the bands' values side by side, each band's
+        interleaved (bin, channel, real/imaginary): ``(B, T, sum)``."""
+        return interleave_bins(spec)
 
-    def bin_values(self, banded: torch.Tensor) -> torch.Tensor:
-        """The bands' mask values ``(B, S, T, sum)`` -> one per interleaved value ``(B, S, T, 2 * C * F)``."""
-        return banded
+    def bin_masks(self, banded: torch.Tensor, channels: int) -> torch.Tensor:
+        """The bands' mask values ``(B, S, T, sum)`` -> complex masks ``(B, S, C, F, T)``."""
+        return deinterleave_mask(banded, channels)
 
     def estimate_masks(self, spec: torch.Tensor) -> torch.Tensor:
         """Mixture spectrogram ``(B, C, F, T)`` complex -> masks ``(B, S, C, F, T)`` complex."""
-        features = self.band_split(self.band_values(interleave_bins(spec)))
+        features = self.band_split(self.band_values(spec))
         for block in self.roformer.blocks:
             features = self.run_block(block, features)
         features = self.final_norm(features)
         banded = torch.stack([estimator(features) for estimator in self.mask_estimators], dim=1)
-        return deinterleave_mask(self.bin_values(banded), spec.shape[1])
+        return self.bin_masks(banded, spec.shape[1])
 
     def forward(self, mix: torch.Tensor) -> torch.Tensor:
         if mix.dim() != 3 or mix.shape[1] != self.audio_channels:

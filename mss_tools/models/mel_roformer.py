@@ -33,6 +33,7 @@ import torch
 
 from mss_tools.errors import BadInput
 from mss_tools.models.bs_roformer import BSRoFormer, BSRoFormerConfig
+from mss_tools.models.roformer import deinterleave_mask, interleave_bins
 
 _MEL_BREAK_HZ, _MEL_LINEAR_HZ = 1000.0, 200.0 / 3  # Slaney: linear below 1 kHz (200/3 Hz per mel), log above
 _MEL_LOG_STEP = math.log(6.4) / 27.0
@@ -103,17 +104,17 @@ class MelRoFormer(BSRoFormer):
         if any(b.size == 0 for b in bins):
             raise BadInput(f"{self.config.num_bands} mel bands are too many for a {self.stft.n_fft}-point STFT at "
                            f"{self.sample_rate} Hz: some band holds no bin")
-        # where each band's values sit among a frame's interleaved (bin, channel, real/imaginary) values
-        values = 2 * self.audio_channels
-        index = np.concatenate([(b[:, None] * values + np.arange(values)).reshape(-1) for b in bins])
-        coverage = np.bincount(index, minlength=values * self.stft.n_freq)
-        self.register_buffer("value_index", torch.tensor(index, dtype=torch.long), persistent=False)
-        self.register_buffer("coverage", torch.tensor(coverage, dtype=torch.float32), persistent=False)
+        # the bands' bins one after the other (gathered along the bin axis: rows of frames, not single values)
+        band_bins = np.concatenate(bins)
+        self.register_buffer("band_bins", torch.tensor(band_bins, dtype=torch.long), persistent=False)
+        self.register_buffer("coverage", torch.tensor(np.bincount(band_bins, minlength=self.stft.n_freq),
+                                                      dtype=torch.float32)[:, None], persistent=False)
         return [int(b.size) for b in bins]
 
-    def band_values(self, values: torch.Tensor) -> torch.Tensor:
-        return values[..., self.value_index]
+    def band_values(self, spec: torch.Tensor) -> torch.Tensor:
+        return interleave_bins(spec.index_select(2, self.band_bins))
 
-    def bin_values(self, banded: torch.Tensor) -> torch.Tensor:
-        summed = banded.new_zeros(*banded.shape[:-1], self.coverage.numel()).index_add_(-1, self.value_index, banded)
-        return summed / self.coverage
+    def bin_masks(self, banded: torch.Tensor, channels: int) -> torch.Tensor:
+        masks = deinterleave_mask(banded, channels)
+        summed = masks.new_zeros(*masks.shape[:-2], self.stft.n_freq, masks.shape[-1])
+        return summed.index_add_(-2, self.band_bins, masks) / self.coverage
