@@ -97,6 +97,12 @@ def timings(model, mix: torch.Tensor, repeats: int, sync) -> tuple[float, float]
     return statistics.median(forward[1:]), statistics.median(backward[1:])
 
 
+def spread(mine, reference, which: int) -> str:
+    """The ratios of the single rounds: their range."""
+    ratios = [m[which] / r[which] for m, r in zip(mine, reference)]
+    return f"[{min(ratios):.2f}, {max(ratios):.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default="bs_roformer,mel_roformer,scnet,htdemucs")
@@ -105,6 +111,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of ours and theirs; the table takes "
+                        "each side's best round, the brackets give the range of the single rounds' ratios")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -117,9 +125,9 @@ def main() -> None:
     audio = args.seconds * args.batch
     print(f"{args.device}, {torch.get_num_threads()} threads, {args.sample_rate} Hz, batch {args.batch} x "
           f"{args.seconds:g} s stereo, preset {args.preset}, 4 stems; seconds per second of audio (median of "
-          f"{args.repeats}); ratio = ours / theirs")
+          f"{args.repeats}, best of {args.rounds} rounds); ratio = ours / theirs, [range over the rounds]")
     print(f"{'arch':13s} {'params':>11s} {'fwd ours':>9s} {'fwd ref':>9s} {'ratio':>6s} {'f+b ours':>9s} "
-          f"{'f+b ref':>9s} {'ratio':>6s}")
+          f"{'f+b ref':>9s} {'ratio':>6s}  {'fwd range':12s}  f+b range")
     for arch in args.archs.split(","):
         try:
             ours, theirs = (PAIRS[arch](args.preset, args.sample_rate, sources) if arch in PAIRS
@@ -135,13 +143,15 @@ def main() -> None:
         hop = ours.stft.hop_length
         mix = 0.3 * torch.randn(args.batch, 2, int(args.seconds * args.sample_rate) // hop * hop, device=device)
         mine, reference = [], []
-        for _ in range(2):  # alternate, so that drifts of a noisy machine hit both
-            mine.append(timings(ours, mix, args.repeats, sync))
-            reference.append(timings(theirs, mix, args.repeats, sync))
+        for index in range(args.rounds):  # alternate (and swap who goes first), so that drifts hit both
+            pair = [(mine, ours), (reference, theirs)]
+            for results, model in pair if index % 2 == 0 else pair[::-1]:
+                results.append(timings(model, mix, args.repeats, sync))
         fwd = min(m[0] for m in mine) / audio, min(r[0] for r in reference) / audio
         bwd = min(m[1] for m in mine) / audio, min(r[1] for r in reference) / audio
         print(f"{arch:13s} {ours_params:11,d} {fwd[0]:9.4f} {fwd[1]:9.4f} {fwd[0] / fwd[1]:6.2f} {bwd[0]:9.4f} "
-              f"{bwd[1]:9.4f} {bwd[0] / bwd[1]:6.2f}", flush=True)
+              f"{bwd[1]:9.4f} {bwd[0] / bwd[1]:6.2f}  {spread(mine, reference, 0)}  {spread(mine, reference, 1)}",
+              flush=True)
 
 
 if __name__ == "__main__":
