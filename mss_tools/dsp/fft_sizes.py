@@ -21,12 +21,13 @@ def nearest_power_of_two(samples: float) -> int:
 def fast_fft_size(samples: int) -> int:
     """The smallest ``2**a * 3**b`` at or above ``samples``: an FFT of that size takes a fraction of
     the time of one of a size with a large prime factor (371 points: 7 x 53)."""
-    best, power_of_three = 2 ** math.ceil(math.log2(max(1, samples))), 1
-    while power_of_three < samples:
-        size = power_of_three * 2 ** max(0, math.ceil(math.log2(samples / power_of_three)))
-        best = min(best, size)
+    sizes, power_of_three = [], 1
+    while True:
+        quotient = -(-samples // power_of_three)  # rounded up; then the power of two at or above it
+        sizes.append(power_of_three << (quotient - 1).bit_length())
+        if power_of_three >= samples:
+            return min(sizes)
         power_of_three *= 3
-    return min(best, power_of_three)
 
 
 def model_n_fft(sample_rate: int) -> int:
