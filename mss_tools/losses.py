@@ -62,7 +62,8 @@ def rmse_complex_spec(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch
 
 # The multi-resolution STFT loss of the RoFormers' reference implementation, at 44.1 kHz: Hann windows of
 # these lengths in frames of max(window, 2048) points, hop 147; scaled with the sample rate elsewhere, the
-# frames rounded up to a fast FFT size (at 8 kHz 384 and 768 points, not 371 and 743: a fifth of the time).
+# frames rounded up to a fast FFT size (at 8 kHz 384 and 768 points, not 371 and 743: a fifth and a third
+# of the time).
 MULTIRES_WINDOWS = (4096, 2048, 1024, 512, 256)
 MULTIRES_N_FFT, MULTIRES_HOP, MULTIRES_RATE = 2048, 147, 44100
 _MULTIRES: dict[tuple[int, torch.device], list[STFT]] = {}
