@@ -322,3 +322,19 @@ def test_multiresolution_loss_keeps_the_reference_sizes_at_44k_and_fast_sizes_el
     assert at_44k == [(4096, 4096, 147), (2048, 2048, 147), (2048, 1024, 147), (2048, 512, 147), (2048, 256, 147)]
     at_8k = [(s.n_fft, s.win_length, s.hop_length) for s in multires_stfts(8000, torch.device("cpu"))]
     assert at_8k == [(768, 743, 27), (384, 372, 27), (384, 186, 27), (384, 93, 27), (384, 46, 27)]
+
+
+def test_rotary_embedding_turns_each_pair_by_its_position_times_its_frequency():
+    from mss_tools.models.roformer import RotaryEmbedding
+
+    rotary = RotaryEmbedding(8, theta=100.0)
+    x = torch.randn(3, 2, 5, 8)
+    turned = rotary(x)
+    position = torch.arange(5, dtype=torch.float64)[:, None]
+    angle = position * 100.0 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    even, odd = x.double()[..., 0::2], x.double()[..., 1::2]
+    assert torch.allclose(turned[..., 0::2].double(), even * angle.cos() - odd * angle.sin(), atol=1e-6)
+    assert torch.allclose(turned[..., 1::2].double(), even * angle.sin() + odd * angle.cos(), atol=1e-6)
+    assert torch.equal(turned[..., 0, :], x[..., 0, :])  # position 0 is not turned
+    half = rotary(x.half())
+    assert half.dtype == torch.float16 and torch.allclose(half.float(), turned, atol=1e-2)

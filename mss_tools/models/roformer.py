@@ -57,10 +57,11 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(x.shape[-2], device=x.device, dtype=self.inv_freq.dtype)
-        angles = torch.outer(positions, self.inv_freq).repeat_interleave(2, dim=-1)
-        pairs = x.unflatten(-1, (-1, 2))
-        rotated = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
-        return (x * angles.cos() + rotated * angles.sin()).to(x.dtype)
+        angles = torch.outer(positions, self.inv_freq)
+        turns = torch.polar(torch.ones_like(angles), angles)
+        # each pair as one complex number x[2i] + j x[2i+1]: the rotation is one complex product
+        pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        return torch.view_as_real(pairs * turns).flatten(-2).to(x.dtype)
 
 
 class Attention(nn.Module):
