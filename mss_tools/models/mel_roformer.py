@@ -104,17 +104,22 @@ class MelRoFormer(BSRoFormer):
         if any(b.size == 0 for b in bins):
             raise BadInput(f"{self.config.num_bands} mel bands are too many for a {self.stft.n_fft}-point STFT at "
                            f"{self.sample_rate} Hz: some band holds no bin")
-        # the bands' bins one after the other (gathered along the bin axis: rows of frames, not single values)
+        # the bands' values one after the other, as indices into a frame's interleaved values
+        # (bin, channel, real/imaginary) of every bin: one gather in, one scatter-add out
         band_bins = np.concatenate(bins)
-        self.register_buffer("band_bins", torch.tensor(band_bins, dtype=torch.long), persistent=False)
-        self.register_buffer("coverage", torch.tensor(np.bincount(band_bins, minlength=self.stft.n_freq),
-                                                      dtype=torch.float32)[:, None], persistent=False)
+        values_per_bin = 2 * self.audio_channels
+        value_index = (band_bins[:, None] * values_per_bin + np.arange(values_per_bin)).ravel()
+        coverage = np.bincount(band_bins, minlength=self.stft.n_freq).repeat(values_per_bin)
+        self.register_buffer("band_value_index", torch.tensor(value_index, dtype=torch.long), persistent=False)
+        self.register_buffer("value_coverage", torch.tensor(coverage, dtype=torch.float32), persistent=False)
         return [int(b.size) for b in bins]
 
     def band_values(self, spec: torch.Tensor) -> torch.Tensor:
-        return interleave_bins(spec.index_select(2, self.band_bins))
+        values = interleave_bins(spec)
+        return values.gather(-1, self.band_value_index.expand(*values.shape[:-1], -1))
 
     def bin_masks(self, banded: torch.Tensor, channels: int) -> torch.Tensor:
-        masks = deinterleave_mask(banded, channels)
-        summed = masks.new_zeros(*masks.shape[:-2], self.stft.n_freq, masks.shape[-1])
-        return summed.index_add_(-2, self.band_bins, masks) / self.coverage
+        """Each bin's mask: the average of the masks of the bands that hold it."""
+        summed = banded.new_zeros(*banded.shape[:-1], self.value_coverage.numel())
+        summed.scatter_add_(-1, self.band_value_index.expand_as(banded), banded)
+        return deinterleave_mask(summed / self.value_coverage, channels)
