@@ -48,21 +48,16 @@ from mss_tools.models.base import ModelConfig, SeparationModel, model_stft, requ
 PAPER_N_FFT, PAPER_RATE = 4096, 44100
 
 
-class Swish(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * x.sigmoid()
-
-
 class ConvolutionModule(nn.Module):
     """``(N, channels, T)`` -> the same: ``depth`` residual layers of GroupNorm, conv to twice the
-    compressed width, GLU, depthwise conv, GroupNorm, Swish, 1x1 conv back."""
+    compressed width, GLU, depthwise conv, GroupNorm, Swish (SiLU), 1x1 conv back."""
 
     def __init__(self, channels: int, depth: int, compress: int, kernel: int):
         super().__init__()
         hidden = int(channels / compress)
         self.layers = nn.ModuleList(nn.Sequential(
             nn.GroupNorm(1, channels), nn.Conv1d(channels, 2 * hidden, kernel, padding=kernel // 2), nn.GLU(1),
-            nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden), nn.GroupNorm(1, hidden), Swish(),
+            nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2, groups=hidden), nn.GroupNorm(1, hidden), nn.SiLU(),
             nn.Conv1d(hidden, channels, 1)) for _ in range(depth))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,9 +239,9 @@ class SCNet(SeparationModel):
         if (length + padding) // hop % 2 == 0:  # an even number of frames for the FFT over frames
             padding += hop
         norm = self.stft.n_fft ** 0.5  # the normalised STFT (torch's normalized=True)
-        spec = self.stft(F.pad(mix, (0, padding))) / norm
-        freq, frames = spec.shape[-2:]
-        x = torch.view_as_real(spec).permute(0, 1, 4, 2, 3).reshape(batch, 2 * channels, freq, frames)
+        spec = torch.view_as_real(self.stft(F.pad(mix, (0, padding)))) / norm
+        freq, frames = spec.shape[-3:-1]
+        x = spec.permute(0, 1, 4, 2, 3).reshape(batch, 2 * channels, freq, frames)
         skips = []
         for block in self.encoder:
             x, skip, compressed, sizes = self.run_block(block, x)
@@ -256,6 +251,6 @@ class SCNet(SeparationModel):
         for block in self.decoder:
             skip, compressed, sizes = skips.pop()
             x = block(x, skip, compressed, sizes)
-        x = x.reshape(batch, len(self.sources), channels, 2, freq, frames).permute(0, 1, 2, 4, 5, 3)
-        estimate = torch.view_as_complex(x.contiguous()) * norm
+        x = x.reshape(batch, len(self.sources), channels, 2, freq, frames).permute(0, 1, 2, 4, 5, 3) * norm
+        estimate = torch.view_as_complex(x.contiguous())
         return self.stft.inverse(estimate, length + padding)[..., :length]
