@@ -98,9 +98,9 @@ def timings(model, mix: torch.Tensor, repeats: int, sync) -> tuple[float, float]
 
 
 def spread(mine, reference, which: int) -> str:
-    """The ratios of the single rounds: their range."""
+    """The ratios of the single rounds: lowest, median, highest."""
     ratios = [m[which] / r[which] for m, r in zip(mine, reference)]
-    return f"[{min(ratios):.2f}, {max(ratios):.2f}]"
+    return f"[{min(ratios):.2f} {statistics.median(ratios):.2f} {max(ratios):.2f}]"
 
 
 def main() -> None:
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=4, help="alternations of ours and theirs; the table takes "
-                        "each side's best round, the brackets give the range of the single rounds' ratios")
+                        "each side's best round, the brackets give the single rounds' ratios: lowest, median, highest")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -125,9 +125,10 @@ def main() -> None:
     audio = args.seconds * args.batch
     print(f"{args.device}, {torch.get_num_threads()} threads, {args.sample_rate} Hz, batch {args.batch} x "
           f"{args.seconds:g} s stereo, preset {args.preset}, 4 stems; seconds per second of audio (median of "
-          f"{args.repeats}, best of {args.rounds} rounds); ratio = ours / theirs, [range over the rounds]")
+          f"{args.repeats}, best of {args.rounds} rounds); ratio = ours / theirs; [lowest median highest] "
+          f"of the single rounds' ratios")
     print(f"{'arch':13s} {'params':>11s} {'fwd ours':>9s} {'fwd ref':>9s} {'ratio':>6s} {'f+b ours':>9s} "
-          f"{'f+b ref':>9s} {'ratio':>6s}  {'fwd range':12s}  f+b range")
+          f"{'f+b ref':>9s} {'ratio':>6s}  {'fwd rounds':16s}  f+b rounds")
     for arch in args.archs.split(","):
         try:
             ours, theirs = (PAIRS[arch](args.preset, args.sample_rate, sources) if arch in PAIRS
