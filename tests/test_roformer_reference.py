@@ -1,5 +1,5 @@
 """BS-RoFormer and Mel-RoFormer against the reference implementation, ``bs-roformer`` (lucidrains),
-with copied weights: same parameter count, same outputs.
+with copied weights: same parameter count, same outputs and training gradients.
 
 The reference is not a dependency: install it in a test or benchmark environment only, e.g.
 ``pip install --target /tmp/ref --no-deps bs-roformer==0.3.10 einops beartype rotary-embedding-torch
@@ -35,6 +35,7 @@ def copy_weights(reference: torch.nn.Module, ours: torch.nn.Module) -> None:
 
 
 def compare(reference: torch.nn.Module, ours: torch.nn.Module) -> None:
+    """Outputs in evaluation, then the gradients of an L1 loss in training, equal with copied weights."""
     copy_weights(reference, ours)
     reference.eval(), ours.eval()
     mix = 0.3 * torch.randn(2, 2, SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
@@ -43,6 +44,13 @@ def compare(reference: torch.nn.Module, ours: torch.nn.Module) -> None:
         got = ours(mix)[..., : expected.shape[-1]]
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    reference.train(), ours.train()  # no dropout in these configurations
+    for model in (ours, reference):
+        (model(mix)[..., : expected.shape[-1]] - 0.1).abs().mean().backward()
+    theirs = {name: p for name, p in reference.named_parameters() if p.requires_grad}
+    for (name, mine), their in zip(ours.named_parameters(), theirs.values(), strict=True):
+        scale = their.grad.abs().max().item()
+        torch.testing.assert_close(mine.grad, their.grad, rtol=1e-4, atol=1e-5 * scale + 1e-12, msg=name)
 
 
 def test_bs_roformer_equals_the_reference_with_copied_weights():
@@ -65,7 +73,8 @@ def test_mel_roformer_equals_the_reference_with_copied_weights():
     reference = reference_module.MelBandRoformer(
         dim=32, depth=2, stereo=True, num_stems=len(SOURCES), time_transformer_depth=1, freq_transformer_depth=1,
         num_bands=24, dim_head=16, heads=2, sample_rate=SAMPLE_RATE, stft_n_fft=ours.stft.n_fft,
-        stft_hop_length=ours.stft.hop_length, stft_win_length=ours.stft.n_fft, mask_estimator_depth=1)
+        stft_hop_length=ours.stft.hop_length, stft_win_length=ours.stft.n_fft, mask_estimator_depth=1,
+        attn_dropout=0.0, ff_dropout=0.0)
     assert ours.band_widths == reference.num_freqs_per_band.tolist()
     assert ours.num_parameters == sum(p.numel() for p in trainable(reference).values())
     compare(reference, ours)

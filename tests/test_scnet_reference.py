@@ -1,4 +1,5 @@
-"""SCNet against the authors' implementation with copied weights: same parameter count, same outputs.
+"""SCNet against the authors' implementation with copied weights: same parameter count, same outputs
+and training gradients.
 
 The authors' code is not a package: put its ``scnet.py`` and ``separation.py`` in a folder
 ``scnet_official/`` (with an empty ``__init__.py``) on ``PYTHONPATH`` in a test environment, e.g.
@@ -23,17 +24,34 @@ def test_paper_preset_has_the_reference_parameter_count():
     assert ours.num_parameters == sum(p.numel() for p in reference.parameters())
 
 
-def test_outputs_equal_the_reference_with_copied_weights():
+def small_pair():
+    """Ours at the ``small`` preset and the authors' model at the same size, with its weights copied into ours."""
     reference_module = pytest.importorskip("scnet_official.scnet")
     torch.manual_seed(0)
-    ours = build_model("scnet", SOURCES, 2, 44100, preset="small").eval()
+    ours = build_model("scnet", SOURCES, 2, 44100, preset="small")
     config = ours.config
     reference = reference_module.SCNet(
         sources=SOURCES, dims=[4] + [config.channels * 2 ** i for i in range(config.depth)],
-        num_dplayer=config.dual_path_layers).eval()
+        num_dplayer=config.dual_path_layers)
     theirs, mine = reference.state_dict(), ours.state_dict()
     assert [v.shape for v in theirs.values()] == [v.shape for v in mine.values()]
     ours.load_state_dict(dict(zip(mine, theirs.values())))
+    return ours, reference
+
+
+def test_outputs_equal_the_reference_with_copied_weights():
+    ours, reference = small_pair()
     mix = 0.3 * torch.randn(1, 2, 3 * 44100 + 123, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(ours(mix), reference(mix), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours.eval()(mix), reference.eval()(mix), rtol=1e-4, atol=1e-5)
+
+
+def test_training_gradients_equal_the_reference_with_copied_weights():
+    ours, reference = small_pair()
+    mix = 0.3 * torch.randn(1, 2, 44100 + 77, generator=torch.Generator().manual_seed(2))
+    for model in (ours, reference):
+        out = model.train()(mix)
+        (out - 0.1).abs().mean().backward()
+    for (name, mine), theirs in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        scale = theirs.grad.abs().max().item()
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5 * scale + 1e-12, msg=name)
