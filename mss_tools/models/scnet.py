@@ -112,7 +112,12 @@ class SUBlock(nn.Module):
                                    for s, k in zip(strides, kernels))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor, compressed: list[int], sizes: list[int]) -> torch.Tensor:
-        x = F.glu(self.fusion((x + skip).repeat(1, 2, 1, 1)), dim=1)
+        # the paper's fusion convolves [x + skip, x + skip] (the sum twice over the channels): the same as
+        # convolving the sum once with the two input halves' weights added, at half the work
+        weight = self.fusion.weight
+        half = weight.shape[1] // 2
+        x = F.glu(F.conv2d(x + skip, weight[:, :half] + weight[:, half:], self.fusion.bias,
+                           padding=self.fusion.padding), dim=1)
         outputs, start = [], 0
         for conv, width, size in zip(self.convs, compressed, sizes):
             out = conv(x[:, :, start:start + width])
