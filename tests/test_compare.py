@@ -357,3 +357,14 @@ def test_quality_against_cost_is_one_row_per_model_from_the_per_track_values(pro
     markdown = (out / "RESULTS.md").read_text()
     assert markdown.index("## Quality against cost") < markdown.index("### vocals")
     assert "](plots/quality_cost.png)" in markdown
+
+
+def test_a_pair_without_common_defined_values_says_so_instead_of_n_too_small():
+    silent = stats.PairedComparison("drums", "sdr", "silence", "model", 0, math.nan, math.nan, math.nan, math.nan,
+                                    math.nan, 0, 0, "no paired tracks")
+    few = stats.PairedComparison("drums", "sdr", "a", "b", 4, 1.0, 1.0, 0.5, 1.5, math.nan, 4, 0,
+                                 "n too small for Wilcoxon (4 non-zero differences)")
+    rows = stats.markdown([silent, few], 100, 0).splitlines()
+    assert "| drums | silence | model | 0 | nan | nan |  | no paired tracks | 0 / 0 |" in rows
+    assert "| drums | a | b | 4 | +1.00 | +1.00 | [+0.50, +1.50] | n too small | 4 / 0 |" in rows
+    assert "compare with silence on usdr and si_sdr" in rows[-1]

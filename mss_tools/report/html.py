@@ -152,7 +152,7 @@ def statistics_section(comparisons: Sequence[stats_module.PairedComparison], res
                          (stats_module.fmt_signed(c.median_diff), f"num {sign}"),
                          (stats_module.fmt_signed(c.mean_diff), f"num {sign}"),
                          (stats_module.fmt_ci(c.ci_low, c.ci_high), "num sig" if excludes_zero else "num"),
-                         (stats_module.fmt_p(c.wilcoxon_p), "num sig" if significant else "num"),
+                         (stats_module.fmt_pair_p(c), "num sig" if significant else "num"),
                          (f"{c.a_better} / {c.b_better}", "num")])
         parts.append(f"<h3>{escape(metric)}: A − B (dB)</h3>" + _table(header, body))
     parts.append(f'<p class="note">{escape(stats_module.explanation(resamples, seed))} Bold: p &lt; 0.05, or a '

@@ -115,6 +115,11 @@ def fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def fmt_pair_p(comparison: PairedComparison) -> str:
+    """The Wilcoxon column of a pair: its p-value, or why there is none."""
+    return "no paired tracks" if comparison.n == 0 else fmt_p(comparison.wilcoxon_p)
+
+
 def fmt_signed(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:+.2f}"
 
@@ -135,7 +140,7 @@ def markdown(comparisons: Sequence[PairedComparison], resamples: int, seed: int)
         out.append("|---|---|---|---:|---:|---:|---|---:|---:|")
         for c in (c for c in comparisons if c.metric == metric):
             out.append(f"| {c.source} | {c.model_a} | {c.model_b} | {c.n} | {fmt_signed(c.median_diff)} | "
-                       f"{fmt_signed(c.mean_diff)} | {fmt_ci(c.ci_low, c.ci_high)} | {fmt_p(c.wilcoxon_p)} | "
+                       f"{fmt_signed(c.mean_diff)} | {fmt_ci(c.ci_low, c.ci_high)} | {fmt_pair_p(c)} | "
                        f"{c.a_better} / {c.b_better} |")
         out.append("")
     out.append(explanation(resamples, seed))
@@ -147,7 +152,8 @@ def explanation(resamples: int, seed: int) -> str:
             f"frames). Wilcoxon: two-sided signed-rank test, zero differences dropped, not computed below "
             f"{MIN_WILCOXON} non-zero differences (n too small); p-values are not corrected for multiple "
             f"comparisons. CI: percentile bootstrap over tracks, {resamples} resamples, seed {seed} (rough below "
-            f"about 10 tracks).")
+            f"about 10 tracks). No paired tracks: the metric is undefined on every track for one of the two, as "
+            f"BSSEval's sdr, sir and sar are for a silent estimate; compare with silence on usdr and si_sdr.")
 
 
 def csv_text(comparisons: Sequence[PairedComparison]) -> str:
