@@ -56,7 +56,7 @@ def rmse_complex_spec(est: torch.Tensor, ref: torch.Tensor, model=None) -> torch
     spectrograms (real and imaginary parts of every channel, bin and frame), then the mean (SCNet:
     its authors' training code)."""
     stft = loss_stft(model, est.device)
-    diff = torch.view_as_real(stft(est) - stft(ref)) / stft.n_fft ** 0.5
+    diff = torch.view_as_real(stft(est) - stft(ref)) / stft.norm
     return diff.pow(2).flatten(2).mean(-1).clamp_min(1e-20).sqrt().mean()
 
 

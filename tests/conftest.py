@@ -95,3 +95,12 @@ def ffmpeg_available() -> bool:
     from mss_tools.audio import ffmpeg_available as available
 
     return available()
+
+
+def assert_same_gradients(ours: torch.nn.Module, reference_parameters) -> None:
+    """Each of ``ours``' parameter gradients equals the reference's in the same position, to 1e-4
+    relative and 1e-5 of the reference gradient's largest value."""
+    for (name, mine), theirs in zip(ours.named_parameters(), reference_parameters, strict=True):
+        scale = theirs.grad.abs().max().item()
+        torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-4, atol=1e-5 * scale + 1e-12,
+                                   msg=lambda message, name=name: f"{name}: {message}")

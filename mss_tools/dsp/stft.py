@@ -40,6 +40,11 @@ class STFT(nn.Module):
     def n_freq(self) -> int:
         return self.n_fft // 2 + 1
 
+    @property
+    def norm(self) -> float:
+        """What the normalised STFT (torch's ``normalized=True``) divides this one by: ``sqrt(n_fft)``."""
+        return self.n_fft ** 0.5
+
     def n_frames(self, length: int) -> int:
         return length // self.hop_length + 1 if self.center else 1 + (length - self.n_fft) // self.hop_length
 

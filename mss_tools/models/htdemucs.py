@@ -224,8 +224,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         batch, tokens, dim = x.shape
-        # queries, keys and values (B, heads, N, dim / heads) made contiguous: the CPU flash kernel
-        # runs forward and backward 5-10 % faster on them than on strided views of the projection
+        # queries, keys and values (B, heads, N, dim / heads) made contiguous: the CPU flash kernel's
+        # forward and backward took 3-14 % less time on them than on strided views of the projection
         if memory is None:
             q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(
                 batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).contiguous()
@@ -451,7 +451,7 @@ class HTDemucs(SeparationModel):
         hop, length = self.stft.hop_length, mix.shape[-1]
         frames = -(-length // hop)
         padded = reflect_pad(mix, hop // 2 * 3, hop // 2 * 3 + frames * hop - length)
-        return (self.stft(padded) / self.stft.n_fft ** 0.5)[..., :-1, 2:2 + frames]
+        return (self.stft(padded) / self.stft.norm)[..., :-1, 2:2 + frames]
 
     def istft(self, spec: torch.Tensor, length: int) -> torch.Tensor:
         """The inverse of :meth:`spectrogram`, given an unnormalised spectrogram with the Nyquist bin and two
@@ -496,7 +496,7 @@ class HTDemucs(SeparationModel):
             xt = self.run_block(functools.partial(decode_t, skip=skips_t.pop(), length=lengths_t.pop()), xt)
 
         sources = len(self.sources)
-        norm = self.stft.n_fft ** 0.5  # back to the unnormalised STFT here rather than in waveform()
+        norm = self.stft.norm  # back to the unnormalised STFT here rather than in waveform()
         x = torch.addcmul(mean[:, None] * norm, x.view(batch, sources, 2 * channels, bins, frames), std[:, None] * norm)
         x = x.view(batch, sources, channels, 2, bins, frames).permute(0, 1, 2, 4, 5, 3)
         # the Nyquist bin and two frames on each side back as zeros (see spectrogram()), in the copy

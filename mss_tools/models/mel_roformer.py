@@ -109,7 +109,7 @@ class MelRoFormer(BSRoFormer):
         band_bins = np.concatenate(bins)
         values_per_bin = 2 * self.audio_channels
         value_index = (band_bins[:, None] * values_per_bin + np.arange(values_per_bin)).ravel()
-        coverage = np.bincount(band_bins, minlength=self.stft.n_freq).repeat(values_per_bin)
+        coverage = np.bincount(value_index, minlength=values_per_bin * self.stft.n_freq)
         self.register_buffer("band_value_index", torch.tensor(value_index, dtype=torch.long), persistent=False)
         self.register_buffer("value_coverage", torch.tensor(coverage, dtype=torch.float32), persistent=False)
         return [int(b.size) for b in bins]

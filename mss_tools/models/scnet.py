@@ -243,8 +243,7 @@ class SCNet(SeparationModel):
         padding = hop - length % hop
         if (length + padding) // hop % 2 == 0:  # an even number of frames for the FFT over frames
             padding += hop
-        norm = self.stft.n_fft ** 0.5  # the normalised STFT (torch's normalized=True)
-        spec = torch.view_as_real(self.stft(F.pad(mix, (0, padding)))) / norm
+        spec = torch.view_as_real(self.stft(F.pad(mix, (0, padding)))) / self.stft.norm
         freq, frames = spec.shape[-3:-1]
         x = spec.permute(0, 1, 4, 2, 3).reshape(batch, 2 * channels, freq, frames)
         skips = []
@@ -256,6 +255,6 @@ class SCNet(SeparationModel):
         for block in self.decoder:
             skip, compressed, sizes = skips.pop()
             x = block(x, skip, compressed, sizes)
-        x = x.reshape(batch, len(self.sources), channels, 2, freq, frames).permute(0, 1, 2, 4, 5, 3) * norm
-        estimate = torch.view_as_complex(x.contiguous())
+        x = x.reshape(batch, len(self.sources), channels, 2, freq, frames).permute(0, 1, 2, 4, 5, 3)
+        estimate = torch.view_as_complex((x * self.stft.norm).contiguous())
         return self.stft.inverse(estimate, length + padding)[..., :length]
